@@ -1,0 +1,1 @@
+"""Entry-point code of the pipeline: prep, train, evaluate, export_onnx, main (see MLproject)."""

@@ -1,0 +1,91 @@
+"""Data sets: one interface, ``load_dataset(name, data_dir, classes) -> Dataset``.
+
+Images are uint8 NHWC (0..255) and labels int64 0..k-1 after the class subset is applied;
+``class_ids`` keeps the original label ids and ``class_names`` their names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+
+class DataError(ValueError):
+    """A data set is missing, corrupt or in the wrong format (user error: one-line message)."""
+
+
+@dataclass
+class Dataset:
+    name: str
+    x_train: np.ndarray  # uint8 [N, H, W, C]
+    y_train: np.ndarray  # int64 [N], 0..k-1
+    x_test: np.ndarray
+    y_test: np.ndarray
+    class_ids: list[int]  # original label id of each class index
+    class_names: list[str]
+    mean: tuple[float, ...]  # per-channel mean/std of x/255, used by the model's Normalize
+    std: tuple[float, ...]
+    source: str  # where the files came from (path or URL)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def in_shape(self) -> tuple[int, int, int]:
+        return tuple(self.x_train.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_ids)
+
+    @property
+    def labels(self) -> list[str]:
+        """Human-readable ``"<id> <name>"`` labels in class-index order (used in reports)."""
+        return [f"{i} {n}" for i, n in zip(self.class_ids, self.class_names)]
+
+    def fingerprint(self) -> str:
+        """sha256 over the exact arrays and class ids: equal fingerprints mean equal data."""
+        h = hashlib.sha256()
+        for a in (self.x_train, self.y_train, self.x_test, self.y_test, np.asarray(self.class_ids)):
+            h.update(str(a.shape).encode())
+            h.update(np.ascontiguousarray(a).tobytes())
+        return h.hexdigest()
+
+
+def select_classes(x: np.ndarray, y: np.ndarray, class_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Keep samples whose label is in ``class_ids`` and remap labels to their index there."""
+    lookup = np.full(int(max(y.max(), max(class_ids))) + 1, -1, dtype=np.int64)
+    lookup[list(class_ids)] = np.arange(len(class_ids))
+    mask = np.isin(y, class_ids)
+    return np.ascontiguousarray(x[mask]), lookup[y[mask]]
+
+
+# Each data-set module exposes NAME, NUM_LABELS, DEFAULT_CLASSES and load(data_dir, classes).
+_MODULES = ("cifar100", "cifar10", "digits", "mnist")
+
+
+def _module(name: str):
+    import importlib
+
+    if name not in _MODULES:
+        raise DataError(f"unknown dataset {name!r}; known: {', '.join(sorted(_MODULES))}")
+    return importlib.import_module(f"pipelines.data.{name}")
+
+
+DATASETS = _MODULES
+
+
+def default_classes(name: str) -> list[int]:
+    return list(_module(name).DEFAULT_CLASSES)
+
+
+def num_labels(name: str) -> int:
+    """How many distinct labels the full data set has (valid class ids are 0..n-1)."""
+    return _module(name).NUM_LABELS
+
+
+def load_dataset(name: str, data_dir: str | Path | None = None, classes: Sequence[int] | None = None) -> Dataset:
+    module = _module(name)
+    return module.load(data_dir=data_dir, classes=list(classes) if classes else list(module.DEFAULT_CLASSES))

@@ -1,0 +1,179 @@
+"""CIFAR-10, python pickle format (``cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}``)."""
+
+from __future__ import annotations
+
+import pickle
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from pipelines.data import DataError, Dataset, select_classes
+from pipelines.data.download import cache_dir, download, extract_tar, md5sum
+from pipelines.data.synthetic import make_split
+
+URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+TAR_MD5 = "c58f30108f718f92721af3b95e74349a"
+FOLDER = "cifar-10-batches-py"
+TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]
+TEST_FILES = ["test_batch"]
+META_FILE = "batches.meta"
+# MD5s of the extracted official files (as torchvision lists them); a user copy that differs only warns (SPEC 3).
+FILE_MD5 = {
+    "data_batch_1": "c99cafc152244af753f735de768cd75f",
+    "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+    "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+    "data_batch_4": "634d18415352ddfa80567beed471001a",
+    "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+    "test_batch": "40351d587109b95175f43aff81a1287e",
+    "batches.meta": "5ff9c542aee3614f3951f8cda6e48888",
+}
+NAME = "cifar10"
+NUM_LABELS = 10
+DEFAULT_CLASSES = list(range(10))
+LABEL_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+MEAN = (0.4914, 0.4822, 0.4465)  # the usual constants of the full CIFAR-10 train set
+STD = (0.2470, 0.2435, 0.2616)
+
+
+def _find_folder(data_dir: Path | None) -> Path:
+    """Accept ``data_dir/cifar-10-batches-py/``, the folder itself, or a tarball in ``data_dir``."""
+    if data_dir is None:
+        root = cache_dir()
+        if not (root / FOLDER / META_FILE).exists():
+            extract_tar(download(URL, root / "cifar-10-python.tar.gz", TAR_MD5), root)
+        return root / FOLDER
+    if not data_dir.is_dir():
+        raise DataError(f"data_dir {data_dir} does not exist or is not a folder")
+    for candidate in (data_dir / FOLDER, data_dir):
+        if any((candidate / name).is_file() for name in FILE_MD5):
+            return candidate
+    tarball = data_dir / "cifar-10-python.tar.gz"
+    if tarball.is_file():
+        digest = md5sum(tarball)
+        if digest != TAR_MD5:
+            warnings.warn(f"{tarball}: md5 differs from the official archive; using it anyway", stacklevel=2)
+        target = cache_dir() / "extracted" / digest
+        if not (target / FOLDER / META_FILE).exists():
+            extract_tar(tarball, target)
+        if not (target / FOLDER).is_dir():
+            raise DataError(f"{tarball}: holds no {FOLDER}/ folder")
+        return target / FOLDER
+    raise DataError(
+        f"no CIFAR-10 found in {data_dir}: expected {FOLDER}/data_batch_1..5,test_batch,batches.meta "
+        "or cifar-10-python.tar.gz"
+    )
+
+
+def _unpickle(path: Path) -> dict:
+    if not path.is_file():
+        raise DataError(f"{path}: file missing")
+    try:
+        with open(path, "rb") as f:
+            # Only the user's own CIFAR files are read here; the official ones are python-2 pickles of
+            # plain dicts, lists and numpy arrays.
+            obj = pickle.load(f, encoding="bytes")
+    except Exception as e:  # truncated or not a pickle: many exception types are possible
+        msg = " ".join(str(e).split())  # some pickle errors span several lines
+        raise DataError(f"{path}: not a readable CIFAR pickle ({type(e).__name__}: {msg})") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{path}: expected a dict, found {type(obj).__name__}")
+    if path.name in FILE_MD5 and md5sum(path) != FILE_MD5[path.name]:
+        # Users keep subset or re-packed copies: valid structure is enough, say that it differs.
+        warnings.warn(f"{path}: md5 differs from the official file (a subset or re-packed copy?)", stacklevel=2)
+    return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
+
+
+def _batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    d = _unpickle(path)
+    for key in ("data", "labels"):
+        if key not in d:
+            raise DataError(f"{path}: key {key!r} missing (keys: {sorted(map(str, d))})")
+    data = np.asarray(d["data"])
+    try:
+        labels = np.asarray(d["labels"], dtype=np.int64).reshape(-1)
+    except (TypeError, ValueError) as e:
+        raise DataError(f"{path}: 'labels' must be a list of integers ({e})") from None
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        raise DataError(f"{path}: 'data' must be uint8 [N, 3072], found {data.dtype} {list(data.shape)}")
+    if len(labels) != len(data):
+        raise DataError(f"{path}: {len(data)} images but {len(labels)} labels")
+    if len(labels) and (labels.min() < 0 or labels.max() > 9):
+        raise DataError(f"{path}: labels outside 0..9")
+    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels  # CHW rows -> NHWC
+
+
+def _split(folder: Path, files: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    parts = [_batch(folder / name) for name in files]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def load(data_dir: str | Path | None = None, classes: Sequence[int] = DEFAULT_CLASSES) -> Dataset:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        folder = _find_folder(Path(data_dir) if data_dir else None)
+        x_train, y_train = _split(folder, TRAIN_FILES)
+        x_test, y_test = _split(folder, TEST_FILES)
+        meta = _unpickle(folder / META_FILE)
+    names = meta.get("label_names")
+    if not isinstance(names, list) or len(names) != 10:
+        raise DataError(f"{folder / META_FILE}: 'label_names' must list 10 names")
+    names = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+    x_train, y_train = select_classes(x_train, y_train, classes)
+    x_test, y_test = select_classes(x_test, y_test, classes)
+    if len(x_train) == 0 or len(x_test) == 0:
+        raise DataError(f"{folder}: no images of classes {list(classes)} in train or test")
+    return Dataset(
+        NAME,
+        x_train,
+        y_train,
+        x_test,
+        y_test,
+        list(classes),
+        [names[c] for c in classes],
+        MEAN,
+        STD,
+        str(folder),
+        [str(w.message) for w in caught],
+    )
+
+
+def _dump(path: Path, blob: dict) -> None:
+    with open(path, "wb") as f:
+        pickle.dump(blob, f, protocol=2)
+
+
+def write_synthetic(
+    root: str | Path,
+    per_class_train: int = 20,
+    per_class_test: int = 10,
+    classes: Sequence[int] = DEFAULT_CLASSES,
+    seed: int = 0,
+    label_names: Sequence[str] = LABEL_NAMES,
+) -> Path:
+    """Write a small CIFAR-10 in the real pickle format into ``root/cifar-10-batches-py``.
+
+    Bytes keys, protocol 2, uint8 [N, 3072] CHW rows; the train images are spread over
+    ``data_batch_1..5``. Each class gets its own colour and stripe orientation plus noise.
+    """
+    rng = np.random.default_rng(seed)
+    folder = Path(root) / FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    for files, per_class, kind in ((TRAIN_FILES, per_class_train, "training"), (TEST_FILES, per_class_test, "testing")):
+        x, labels = make_split(rng, classes, per_class)
+        data = x.transpose(0, 3, 1, 2).reshape(len(x), 3072)  # NHWC -> CHW rows
+        for i, (name, idx) in enumerate(zip(files, np.array_split(np.arange(len(x)), len(files)), strict=True)):
+            _dump(
+                folder / name,
+                {
+                    b"batch_label": f"{kind} batch {i + 1} of {len(files)} (synthetic)".encode(),
+                    b"labels": [labels[j] for j in idx],
+                    b"data": np.ascontiguousarray(data[idx]),
+                    b"filenames": [f"synthetic_{j}.png".encode() for j in idx],
+                },
+            )
+    meta = {b"num_cases_per_batch": -(-len(classes) * per_class_train // 5), b"num_vis": 3072}
+    meta[b"label_names"] = [str(n).encode() for n in label_names]
+    _dump(folder / META_FILE, meta)
+    return folder

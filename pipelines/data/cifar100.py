@@ -1,0 +1,147 @@
+"""CIFAR-100, python pickle format (``cifar-100-python/{train,test,meta}``)."""
+
+from __future__ import annotations
+
+import pickle
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from pipelines.data import DataError, Dataset, select_classes
+from pipelines.data.download import cache_dir, download, extract_tar, md5sum
+from pipelines.data.synthetic import make_split
+
+URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
+TAR_MD5 = "eb9058c3a382ffc7106e4002c42a8d85"
+FOLDER = "cifar-100-python"
+# MD5s of the extracted official files; a user copy that differs only warns (SPEC 3).
+FILE_MD5 = {"train": "16019d7e3df5f24257cddd939b257f8d", "test": "f0ef6b0ae62326f3e7ffdfab6717acfc"}
+NAME = "cifar100"
+NUM_LABELS = 100
+DEFAULT_CLASSES = [0, 33, 41]
+MEAN = (0.5074, 0.4867, 0.4411)  # the seed's normalisation constants (full CIFAR-100 train set)
+STD = (0.2011, 0.1987, 0.2025)
+
+
+def _find_folder(data_dir: Path | None) -> Path:
+    """Accept ``data_dir/cifar-100-python/``, the folder itself, or a tarball in ``data_dir``."""
+    if data_dir is None:
+        root = cache_dir()
+        if not (root / FOLDER / "train").exists():
+            extract_tar(download(URL, root / f"{FOLDER}.tar.gz", TAR_MD5), root)
+        return root / FOLDER
+    if not data_dir.is_dir():
+        raise DataError(f"data_dir {data_dir} does not exist or is not a folder")
+    for candidate in (data_dir / FOLDER, data_dir):
+        if (candidate / "train").is_file():
+            return candidate
+    tarball = data_dir / f"{FOLDER}.tar.gz"
+    if tarball.is_file():
+        if md5sum(tarball) != TAR_MD5:
+            warnings.warn(f"{tarball}: md5 differs from the official archive; using it anyway", stacklevel=2)
+        target = cache_dir() / "extracted" / md5sum(tarball)
+        if not (target / FOLDER / "train").exists():
+            extract_tar(tarball, target)
+        return target / FOLDER
+    raise DataError(f"no CIFAR-100 found in {data_dir}: expected {FOLDER}/train,test,meta or {FOLDER}.tar.gz")
+
+
+def _unpickle(path: Path) -> dict:
+    if not path.is_file():
+        raise DataError(f"{path}: file missing")
+    try:
+        with open(path, "rb") as f:
+            # Only our own CIFAR files are read here; the official ones are python-2 pickles of
+            # plain dicts, lists and numpy arrays.
+            obj = pickle.load(f, encoding="bytes")
+    except Exception as e:  # truncated or not a pickle: many exception types are possible
+        raise DataError(f"{path}: not a readable CIFAR pickle ({type(e).__name__}: {e})") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{path}: expected a dict, found {type(obj).__name__}")
+    return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
+
+
+def _split(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    d = _unpickle(path)
+    for key in ("data", "fine_labels"):
+        if key not in d:
+            raise DataError(f"{path}: key {key!r} missing (keys: {sorted(d)})")
+    data = np.asarray(d["data"])
+    labels = np.asarray(d["fine_labels"], dtype=np.int64)
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        raise DataError(f"{path}: 'data' must be uint8 [N, 3072], found {data.dtype} {list(data.shape)}")
+    if len(labels) != len(data):
+        raise DataError(f"{path}: {len(data)} images but {len(labels)} labels")
+    if len(labels) and (labels.min() < 0 or labels.max() > 99):
+        raise DataError(f"{path}: fine labels outside 0..99")
+    if path.name in FILE_MD5 and md5sum(path) != FILE_MD5[path.name]:
+        # Users keep subset or re-packed copies: valid structure is enough, say that it differs.
+        warnings.warn(f"{path}: md5 differs from the official file (a subset or re-packed copy?)", stacklevel=2)
+    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels  # CHW rows -> NHWC
+
+
+def load(data_dir: str | Path | None = None, classes: Sequence[int] = DEFAULT_CLASSES) -> Dataset:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        folder = _find_folder(Path(data_dir) if data_dir else None)
+        x_train, y_train = _split(folder / "train")
+        x_test, y_test = _split(folder / "test")
+    meta = _unpickle(folder / "meta")
+    names = meta.get("fine_label_names")
+    if not isinstance(names, list) or len(names) != 100:
+        raise DataError(f"{folder / 'meta'}: 'fine_label_names' must list 100 names")
+    names = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+    x_train, y_train = select_classes(x_train, y_train, classes)
+    x_test, y_test = select_classes(x_test, y_test, classes)
+    if len(x_train) == 0 or len(x_test) == 0:
+        raise DataError(f"{folder}: no images of classes {list(classes)} in train or test")
+    return Dataset(
+        "cifar100",
+        x_train,
+        y_train,
+        x_test,
+        y_test,
+        list(classes),
+        [names[c] for c in classes],
+        MEAN,
+        STD,
+        str(folder),
+        [str(w.message) for w in caught],
+    )
+
+
+def write_synthetic(
+    root: str | Path,
+    per_class_train: int = 20,
+    per_class_test: int = 10,
+    classes: Sequence[int] = DEFAULT_CLASSES,
+    seed: int = 0,
+) -> Path:
+    """Write a small CIFAR-100 in the real pickle format (bytes keys, uint8 [N, 3072] CHW rows).
+
+    Each class gets its own colour and stripe orientation plus noise, so a CNN can learn it.
+    """
+    rng = np.random.default_rng(seed)
+    folder = Path(root) / FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, per_class in (("train", per_class_train), ("test", per_class_test)):
+        x, labels = make_split(rng, classes, per_class)
+        data = x.transpose(0, 3, 1, 2).reshape(len(x), 3072)  # NHWC -> CHW rows
+        blob = {
+            b"filenames": [f"synthetic_{i}.png".encode() for i in range(len(x))],
+            b"batch_label": f"synthetic {split}".encode(),
+            b"fine_labels": labels,
+            b"coarse_labels": [lbl // 5 for lbl in labels],
+            b"data": np.ascontiguousarray(data),
+        }
+        with open(folder / split, "wb") as f:
+            pickle.dump(blob, f, protocol=2)
+    meta = {
+        b"fine_label_names": [f"class_{i}".encode() for i in range(100)],
+        b"coarse_label_names": [f"super_{i}".encode() for i in range(20)],
+    }
+    with open(folder / "meta", "wb") as f:
+        pickle.dump(meta, f, protocol=2)
+    return folder

@@ -1,0 +1,107 @@
+"""Entry point ``export_onnx``: dynamo export with a dynamic batch, checker, onnxruntime parity, register."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+import torch.nn as nn
+
+from pipelines.config import ExportConfig
+from pipelines.data import Dataset
+from pipelines.evaluate import predict
+from pipelines.prep import load
+from pipelines.train import configs_from_run, load_trained
+from tracking import experiment_id_for, tracked_run
+from tracking.registry import log_onnx
+from tracking.runs import log_metrics, log_params, run_data, run_experiment_id, set_tags
+
+INPUT, OUTPUT = "input", "output"
+
+
+class ParityError(RuntimeError):
+    """onnxruntime and PyTorch disagree by more than the tolerance: the export is not shipped."""
+
+
+def to_onnx(model: nn.Module, in_shape: tuple[int, ...]) -> onnx.ModelProto:
+    """Export float NHWC 0..255 input ``input`` [batch, H, W, C] -> logits ``output`` [batch, k]."""
+    model = model.cpu().eval()
+    example = torch.rand(2, *in_shape) * 255  # batch >= 2 so the batch dimension is not specialised
+    for name in ("torch.onnx", "torch._dynamo", "onnxscript"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    program = torch.onnx.export(
+        model,
+        (example,),
+        dynamo=True,
+        input_names=[INPUT],
+        output_names=[OUTPUT],
+        dynamic_shapes=({0: torch.export.Dim("batch")},),
+        verbose=False,
+    )
+    proto = program.model_proto
+    onnx.checker.check_model(proto, full_check=True)
+    return proto
+
+
+def session(proto: onnx.ModelProto) -> ort.InferenceSession:
+    return ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def parity(proto: onnx.ModelProto, model: nn.Module, x: np.ndarray) -> float:
+    """Max |onnxruntime - torch| over the logits of ``x`` (uint8 NHWC)."""
+    got = session(proto).run([OUTPUT], {INPUT: x.astype(np.float32)})[0]
+    return float(np.abs(got - predict(model.cpu(), x)).max())
+
+
+def run(
+    train_run_id: str,
+    cfg: ExportConfig,
+    dataset: Dataset | None = None,
+    model: nn.Module | None = None,
+    test_accuracy: float | None = None,
+    experiment: str | None = None,
+    nested: bool = False,
+) -> dict:
+    """Export the model of ``train_run_id``; register it and move ``champion`` if it scores higher."""
+    if model is None:
+        model, _ = load_trained(train_run_id)
+    ds = dataset or load(configs_from_run(train_run_id)[0])
+    _, _, train_tags = run_data(train_run_id)
+    name = train_tags.get("mlflow.runName", train_run_id).replace("train-", "")
+    with tracked_run(f"export-{name}", experiment_id_for(experiment) or run_experiment_id(train_run_id), nested=nested):
+        log_params(
+            {
+                "train_run_id": train_run_id,
+                "registered_model_name": cfg.registered_model_name,
+                "parity_tol": cfg.parity_tol,
+                "opset": "dynamo default",
+            }
+        )
+        set_tags({"step": "export_onnx", "train_run_id": train_run_id})
+        t0 = time.perf_counter()
+        proto = to_onnx(model, ds.in_shape)
+        seconds = time.perf_counter() - t0
+        diff = parity(proto, model, ds.x_test)
+        log_metrics({"onnx_export_seconds": seconds, "onnx_max_abs_diff": diff})
+        if not diff < cfg.parity_tol:
+            raise ParityError(f"onnxruntime differs from PyTorch by {diff:.3g} > parity_tol {cfg.parity_tol:g}")
+        example = ds.x_test[:2].astype(np.float32)
+        tags = {
+            "train_run_id": train_run_id,
+            "dataset": ds.name,
+            "classes": ",".join(map(str, ds.class_ids)),
+            "class_names": ",".join(ds.class_names),
+            "input_layout": "NHWC float 0..255",
+        }
+        reg = log_onnx(
+            proto, example, predict(model, ds.x_test[:2]), cfg.registered_model_name or None, test_accuracy, tags
+        )
+        result = {"onnx_max_abs_diff": diff, "onnx_export_seconds": seconds}
+        if reg:
+            set_tags({"registered_model": reg.name, "registered_version": reg.version, "champion": reg.is_champion})
+            result.update(registered_model=reg.name, version=reg.version, champion=reg.is_champion)
+    return result

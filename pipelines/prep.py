@@ -1,0 +1,70 @@
+"""Entry point ``prep``: load (download/verify) the data set, log what it is, save it as an artifact."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from pipelines.config import DataConfig, as_params
+from pipelines.data import Dataset, load_dataset
+from tracking import experiment_id_for, tracked_run
+from tracking.artifacts import log_dataset_input, log_file, log_json
+from tracking.runs import log_metrics, log_params, set_tags
+
+DATASET_ARTIFACT = "data/dataset.npz"
+
+
+def load(cfg: DataConfig) -> Dataset:
+    return load_dataset(cfg.dataset, cfg.data_dir, cfg.classes or None)
+
+
+def run(
+    cfg: DataConfig,
+    dataset: Dataset | None = None,
+    experiment: str | None = None,
+    nested: bool = False,
+    save_arrays: bool = True,
+) -> tuple[Dataset, str]:
+    """Log the data set's identity (fingerprint, counts, source) as a run; return (dataset, run id)."""
+    ds = dataset or load(cfg)  # loaded before the run starts: bad data never creates a run
+    fingerprint = ds.fingerprint()
+    with tracked_run(f"prep-{ds.name}", experiment_id_for(experiment), nested=nested) as run_id:
+        log_params(
+            {
+                **as_params(cfg),
+                "classes_used": ",".join(map(str, ds.class_ids)),
+                "source": ds.source,
+                "fingerprint_sha256": fingerprint,
+                "in_shape": "x".join(map(str, ds.in_shape)),
+            }
+        )
+        set_tags({"step": "prep", "dataset": ds.name})
+        counts = {"n_train": len(ds.y_train), "n_test": len(ds.y_test)}
+        for split, y in (("train", ds.y_train), ("test", ds.y_test)):
+            for k, name in enumerate(ds.class_names):
+                counts[f"{split}_count_{ds.class_ids[k]}_{name}"] = int((y == k).sum())
+        log_metrics(counts)
+        log_json(
+            {
+                "name": ds.name,
+                "class_ids": ds.class_ids,
+                "class_names": ds.class_names,
+                "mean": ds.mean,
+                "std": ds.std,
+                "source": ds.source,
+                "fingerprint_sha256": fingerprint,
+                "warnings": ds.warnings,
+                "counts": counts,
+            },
+            "data/dataset.json",
+        )
+        log_dataset_input(f"{ds.name}-train", ds.x_train, ds.y_train, ds.source, fingerprint, "training")
+        log_dataset_input(f"{ds.name}-test", ds.x_test, ds.y_test, ds.source, fingerprint, "evaluation")
+        if save_arrays:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "dataset.npz"
+                np.savez_compressed(path, x_train=ds.x_train, y_train=ds.y_train, x_test=ds.x_test, y_test=ds.y_test)
+                log_file(path, "data")
+    return ds, run_id

@@ -1,0 +1,187 @@
+"""Entry point ``train``: build the model, train it (CUDA when present), log everything, checkpoint."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from models import count_params, create_model
+from pipelines.config import DataConfig, TrainConfig, as_params, data_config, train_config
+from pipelines.data import Dataset
+from pipelines.device import pick_device, pick_precision
+from pipelines.prep import load
+from pipelines.trainer import TrainState, fit
+from tracking import experiment_id_for, tracked_run
+from tracking.artifacts import download, log_file, log_json
+from tracking.env import environment_params
+from tracking.metrics import MetricLogger
+from tracking.runs import log_metrics, log_params, run_data, set_tags
+
+MODEL_CONFIG = "model/model_config.json"  # how to rebuild the module
+STATE_DICT = "model/state_dict.pt"  # weights only: load with torch.load(weights_only=True)
+CHECKPOINT = "checkpoints/last.pt"
+
+
+@dataclass
+class TrainResult:
+    run_id: str
+    model: nn.Module
+    state: TrainState
+    model_config: dict
+
+
+def checkpoint_dir(run_id: str) -> Path:
+    """Local checkpoint folder of a run (``$PIPELINE_CHECKPOINT_DIR`` or ./checkpoints)."""
+    return Path(os.environ.get("PIPELINE_CHECKPOINT_DIR", "checkpoints")) / run_id
+
+
+def build_model(cfg: TrainConfig, ds: Dataset) -> tuple[nn.Module, dict]:
+    model_config = {
+        "model": cfg.model,
+        "options": cfg.model_options(),
+        "num_classes": ds.num_classes,
+        "in_shape": list(ds.in_shape),
+        "mean": list(ds.mean),
+        "std": list(ds.std),
+        "class_ids": ds.class_ids,
+        "class_names": ds.class_names,
+        "dataset": ds.name,
+    }
+    torch.manual_seed(cfg.seed)  # the initial weights depend on the seed only
+    return instantiate(model_config), model_config
+
+
+def instantiate(model_config: dict) -> nn.Module:
+    return create_model(
+        model_config["model"],
+        num_classes=model_config["num_classes"],
+        in_shape=tuple(model_config["in_shape"]),
+        mean=tuple(model_config["mean"]),
+        std=tuple(model_config["std"]),
+        **model_config["options"],
+    )
+
+
+def load_trained(run_id: str) -> tuple[nn.Module, dict]:
+    """Rebuild a trained model from its run: config JSON + state_dict loaded with weights_only."""
+    with tempfile.TemporaryDirectory() as tmp:
+        config = json.loads(download(run_id, MODEL_CONFIG, tmp).read_text())
+        state = torch.load(download(run_id, STATE_DICT, tmp), map_location="cpu", weights_only=True)
+    model = instantiate(config)
+    model.load_state_dict(state)
+    return model.eval(), config
+
+
+def configs_from_run(run_id: str) -> tuple[DataConfig, TrainConfig]:
+    """The data and train configs a finished or interrupted train run was started with."""
+    p, _, _ = run_data(run_id)
+    data = data_config(p["dataset"], p.get("data_dir"), p.get("classes"))
+    train = train_config(
+        *(
+            p.get(k)
+            for k in (
+                "model",
+                "pooling",
+                "epochs",
+                "batch_size",
+                "lr",
+                "momentum",
+                "weight_decay",
+                "optimizer",
+                "lr_schedule",
+                "augment",
+                "seed",
+                "device",
+                "precision",
+                "eval_every",
+                "checkpoint_every",
+            )
+        )
+    )
+    return data, train
+
+
+def run(
+    data_cfg: DataConfig,
+    cfg: TrainConfig,
+    dataset: Dataset | None = None,
+    experiment: str | None = None,
+    nested: bool = False,
+    resume_run_id: str | None = None,
+    tracking: bool = True,
+) -> TrainResult:
+    ds = dataset or load(data_cfg)
+    device = pick_device(cfg.device)
+    precision = pick_precision(cfg.precision, device)
+    recipe = cfg.recipe()
+    model, model_config = build_model(cfg, ds)
+    model = model.to(device, memory_format=torch.channels_last)  # NHWC input permuted = channels_last already
+    # Data resident on the device as float32, moved once.
+    x_train = torch.from_numpy(ds.x_train).to(device).float()
+    y_train = torch.from_numpy(ds.y_train).to(device)
+    x_test = torch.from_numpy(ds.x_test).to(device).float()
+    y_test = torch.from_numpy(ds.y_test).to(device)
+    params = {
+        **as_params(data_cfg, cfg),
+        **{f"recipe.{k}": v for k, v in recipe.items()},
+        "classes_used": ",".join(map(str, ds.class_ids)),
+        "device_used": str(device),
+        "precision_used": precision,
+        "channels_last": True,
+        "num_params": count_params(model),
+        "n_train": len(x_train),
+        **environment_params(device),
+    }
+    with tracked_run(f"train-{cfg.tag()}", experiment_id_for(experiment), nested=nested, run_id=resume_run_id) as rid:
+        if not resume_run_id:
+            log_params(params)
+        set_tags({"step": "train", "model": cfg.model, "dataset": ds.name})
+        ckpt = checkpoint_dir(rid) / "last.pt"
+        if resume_run_id and not ckpt.exists():
+            ckpt.parent.mkdir(parents=True, exist_ok=True)
+            # Not on this machine: fetch it from the run (none logged yet: start at epoch 0, same run).
+            with tempfile.TemporaryDirectory() as tmp, contextlib.suppress(Exception):
+                shutil.move(download(rid, CHECKPOINT, tmp), ckpt)
+        logger = MetricLogger(rid if tracking else None, local_path=checkpoint_dir(rid) / "metrics.jsonl")
+        try:
+            state = fit(
+                model,
+                x_train,
+                y_train,
+                x_test,
+                y_test,
+                recipe,
+                cfg.seed,
+                precision,
+                cfg.eval_every,
+                cfg.checkpoint_every,
+                ckpt,
+                resume=resume_run_id is not None,
+                on_epoch=lambda epoch, metrics: logger.log(metrics, epoch),
+            )
+        finally:
+            logger.flush()
+            if ckpt.exists():
+                log_file(ckpt, "checkpoints")  # resumable from any machine that sees the server
+        log_metrics(
+            {
+                "train_seconds": state.train_seconds,
+                "seconds_per_epoch": state.train_seconds / state.epoch,
+                "num_params": count_params(model),
+                "epochs_done": state.epoch,
+            }
+        )
+        with tempfile.TemporaryDirectory() as tmp:
+            torch.save(model.state_dict(), Path(tmp) / "state_dict.pt")
+            log_file(Path(tmp) / "state_dict.pt", "model")
+        log_json(model_config, MODEL_CONFIG)
+        log_json(state.history, "history.json")
+    return TrainResult(rid, model.eval(), state, model_config)

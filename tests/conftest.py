@@ -1,0 +1,66 @@
+"""Shared fixtures: a real ``mlflow server`` (sqlite + temp artifact root) for the whole session."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"  # real files in official formats, when present (never copied)
+
+os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+sys.path.insert(0, str(ROOT))
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory) -> str:
+    """URL of a tracking server started for this test session and stopped after it."""
+    from tracking.server import start_server, stop_server
+
+    root = tmp_path_factory.mktemp("mlflow-server")
+    proc, url = start_server(f"sqlite:///{root}/mlflow.db", root / "artifacts", log_path=root / "server.log")
+    yield url
+    stop_server(proc)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_dirs(tmp_path, monkeypatch):
+    """Checkpoints, downloads and the default sqlite store never land in the repo during tests."""
+    monkeypatch.setenv("PIPELINE_CHECKPOINT_DIR", str(tmp_path / "checkpoints"))
+    monkeypatch.setenv("PIPELINE_DATA_DIR", str(tmp_path / "data-cache"))
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+
+
+@pytest.fixture
+def tracking(mlflow_server, monkeypatch) -> str:
+    """Point MLflow (in this process and in subprocesses) at the test server."""
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    mlflow.set_tracking_uri(mlflow_server)
+    yield mlflow_server
+    while mlflow.active_run():  # a failing test must not leak an active run into the next
+        mlflow.end_run("FAILED")
+
+
+@pytest.fixture(scope="session")
+def cifar_dir(tmp_path_factory) -> Path:
+    """A small synthetic CIFAR-100 written in the real pickle format (classes 0, 33, 41)."""
+    from pipelines.data.cifar100 import write_synthetic
+
+    root = tmp_path_factory.mktemp("cifar100")
+    write_synthetic(root, per_class_train=40, per_class_test=12)
+    return root
+
+
+def real_data(name: str) -> Path:
+    path = SHARED_DATA / name
+    if not path.exists():
+        pytest.skip(f"real data {path} not present (only in the team's workspace)")
+    return SHARED_DATA

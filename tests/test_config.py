@@ -1,0 +1,126 @@
+"""Bad parameters: one line naming the parameter and what is allowed, exit 2, no run created."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from pipelines.__main__ import cli
+from pipelines.config import ConfigError, as_params, data_config, train_config
+from tests.conftest import ROOT
+
+GOOD = dict(
+    model="pooling_cnn",
+    pooling="max",
+    epochs="auto",
+    batch_size="auto",
+    lr="auto",
+    momentum="auto",
+    weight_decay="auto",
+    optimizer="auto",
+    lr_schedule="auto",
+    augment="auto",
+    seed="0",
+    device="auto",
+    precision="auto",
+    eval_every="1",
+    checkpoint_every="50",
+)
+
+BAD_TRAIN = [
+    ({"model": "resnet9000"}, "model must be one of"),
+    ({"pooling": "median"}, "pooling must be one of stride, max, avg; got 'median'"),
+    ({"epochs": "0"}, "epochs must be an integer >= 1, got '0'"),
+    ({"epochs": "-3"}, "epochs must be an integer >= 1"),
+    ({"epochs": "abc"}, "epochs must be an integer >= 1, got 'abc'"),
+    ({"epochs": "2.5"}, "epochs must be an integer"),
+    ({"batch_size": "0"}, "batch_size must be an integer >= 1"),
+    ({"lr": "0"}, "lr must be > 0"),
+    ({"lr": "-1e-3"}, "lr must be > 0"),
+    ({"lr": "fast"}, "lr must be a number, got 'fast'"),
+    ({"lr": "nan"}, "lr must be a finite number"),
+    ({"momentum": "-0.1"}, "momentum must be >= 0"),
+    ({"optimizer": "rmsprop"}, "optimizer must be one of sgd, adam"),
+    ({"device": "tpu"}, "device must be auto, cpu, cuda or cuda:N"),
+    ({"precision": "fp8"}, "precision must be one of"),
+    ({"seed": "-1"}, "seed must be an integer >= 0"),
+    ({"augment": "maybe"}, "augment must be true or false"),
+]
+
+
+@pytest.mark.parametrize(("override", "message"), BAD_TRAIN)
+def test_bad_train_params(override, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
+        train_config(**{**GOOD, **override})
+
+
+@pytest.mark.parametrize(
+    ("dataset", "classes", "message"),
+    [
+        ("imagenet", "default", "dataset must be one of"),
+        ("cifar100", "0,100", r"classes must be ids in 0\.\.99 for cifar100; got \[100\]"),
+        ("cifar100", "0,-1", r"classes must be ids in 0\.\.99"),
+        ("cifar100", "0,33,33", "classes must not repeat an id"),
+        ("cifar100", "0,a", "classes must be comma-separated integers"),
+        ("cifar100", "5", "classes needs at least 2 ids"),
+        ("digits", "3,10", r"classes must be ids in 0\.\.9 for digits"),
+    ],
+)
+def test_bad_data_params(dataset, classes, message):
+    with pytest.raises(ConfigError, match=message):
+        data_config(dataset, "", classes)
+
+
+def test_auto_means_recipe_and_overrides_win():
+    cfg = train_config(**{**GOOD, "epochs": "7", "lr": "0.01"})
+    recipe = cfg.recipe()
+    assert recipe["epochs"] == 7 and recipe["lr"] == 0.01
+    assert recipe["momentum"] == 0.9 and recipe["batch_size"] == 128 and recipe["optimizer"] == "sgd"
+    assert train_config(**GOOD).recipe()["epochs"] == 500  # the seed's default for the CIFAR-100 CNNs
+
+
+def test_params_are_spelled_like_mlflow_run_logs_them():
+    params = as_params(data_config("cifar100", "", "default"), train_config(**GOOD))
+    assert params["epochs"] == "auto" and params["classes"] == "default" and params["data_dir"] == ""
+    assert params["seed"] == "0" and params["eval_every"] == "1"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "--pooling", "median"], "error: pooling must be one of stride, max, avg; got 'median'"),
+        (["train", "--epochs", "abc"], "error: epochs must be an integer >= 1, got 'abc'"),
+        (["main", "--classes", "0,33,100"], "error: classes must be ids in 0..99 for cifar100; got [100]"),
+        (["main", "--data-dir", "/nonexistent/dir"], "error: data_dir /nonexistent/dir does not exist"),
+        (["train", "--model", "nope"], "error: model must be one of"),
+    ],
+)
+def test_cli_rejects_before_any_run(tracking, args, message):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+
+    def count_runs() -> int:
+        return len(client.search_runs([e.experiment_id for e in client.search_experiments()]))
+
+    before = count_runs()
+    result = CliRunner().invoke(cli, [*args, "--experiment", "bad-input"])
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]  # exactly one line
+    assert result.stderr.startswith(message), result.stderr
+    assert count_runs() == before
+
+
+def test_cli_error_is_one_line_without_traceback_in_a_real_process(tracking):
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipelines", "train", "--lr", "-1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: lr must be > 0, got '-1'"
