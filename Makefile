@@ -5,19 +5,20 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 export MLFLOW_DISABLE_TELEMETRY := true
 ARGS   ?=
 
-.PHONY: setup test test-fast lint run server bench
+.PHONY: setup test test-slow lint run server server-postgres bench demo
 
 setup:  ## create .venv and install pinned dependencies (CPU torch 2.13.0) + this package
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements-dev.txt
 	$(PY) -m pip install -q --no-deps -e .
+	@if command -v npm >/dev/null; then sh web/build.sh; else echo "npm not found: browser demo not built (web/build.sh)"; fi
 
-test:  ## the whole suite (starts its own MLflow server on 127.0.0.1)
-	$(PY) -m pytest -q
-
-test-fast:  ## everything except @slow
+test:  ## the test suite without @slow (starts its own MLflow server on 127.0.0.1; ~10 min on 2 cores)
 	$(PY) -m pytest -q -m "not slow"
+
+test-slow:  ## the @slow tests: 8 concurrent runs (sqlite, PostgreSQL), dead server, Ray sweeps, ONNX of every model
+	$(PY) -m pytest -q -m slow
 
 lint:
 	$(VENV)/bin/ruff check .
@@ -29,5 +30,12 @@ run:  ## the main job, no server needed (sqlite:///mlflow.db + ./mlruns); e.g. m
 server:  ## local tracking server + UI on http://127.0.0.1:5000 (sqlite:///mlflow.db, ./mlartifacts)
 	$(PY) -m pipelines server --port 5000
 
+server-postgres:  ## team tracking server on PostgreSQL ($$PIPELINE_PG_URI or $$PGHOST/PGPORT/PGUSER/PGPASSWORD/PGDATABASE; db created if missing), artifacts in ./mlartifacts
+	$(PY) -m pipelines server-postgres --port 5000 $(ARGS)
+
 bench:  ## our trainer vs a seed-style loop, side by side
 	$(PY) bench/bench_train.py $(ARGS)
+
+demo:  ## browser demo of the champion CNN vs the FC model on http://127.0.0.1:8000
+	sh web/build.sh
+	$(PY) -m pipelines demo

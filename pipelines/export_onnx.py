@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 
 import numpy as np
 import onnx
@@ -33,15 +34,17 @@ def to_onnx(model: nn.Module, in_shape: tuple[int, ...]) -> onnx.ModelProto:
     example = torch.rand(2, *in_shape) * 255  # batch >= 2 so the batch dimension is not specialised
     for name in ("torch.onnx", "torch._dynamo", "onnxscript"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    program = torch.onnx.export(
-        model,
-        (example,),
-        dynamo=True,
-        input_names=[INPUT],
-        output_names=[OUTPUT],
-        dynamic_shapes=({0: torch.export.Dim("batch")},),
-        verbose=False,
-    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*LeafSpec", category=FutureWarning)  # torch-internal noise
+        program = torch.onnx.export(
+            model,
+            (example,),
+            dynamo=True,
+            input_names=[INPUT],
+            output_names=[OUTPUT],
+            dynamic_shapes=({0: torch.export.Dim("batch")},),
+            verbose=False,
+        )
     proto = program.model_proto
     onnx.checker.check_model(proto, full_check=True)
     return proto

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -21,7 +20,6 @@ from pipelines.prep import load
 from pipelines.trainer import TrainState, fit
 from tracking import experiment_id_for, tracked_run
 from tracking.artifacts import download, log_file, log_json
-from tracking.env import environment_params
 from tracking.metrics import MetricLogger
 from tracking.runs import log_metrics, log_params, run_data, set_tags
 
@@ -40,7 +38,9 @@ class TrainResult:
 
 def checkpoint_dir(run_id: str) -> Path:
     """Local checkpoint folder of a run (``$PIPELINE_CHECKPOINT_DIR`` or ./checkpoints)."""
-    return Path(os.environ.get("PIPELINE_CHECKPOINT_DIR", "checkpoints")) / run_id
+    from tracking.runs import local_run_dir
+
+    return local_run_dir(run_id)
 
 
 def build_model(cfg: TrainConfig, ds: Dataset) -> tuple[nn.Module, dict]:
@@ -72,8 +72,18 @@ def instantiate(model_config: dict) -> nn.Module:
 
 def load_trained(run_id: str) -> tuple[nn.Module, dict]:
     """Rebuild a trained model from its run: config JSON + state_dict loaded with weights_only."""
+    from mlflow.exceptions import MlflowException
+
+    from tracking import TrackingError
+
     with tempfile.TemporaryDirectory() as tmp:
-        config = json.loads(download(run_id, MODEL_CONFIG, tmp).read_text())
+        try:
+            config = json.loads(download(run_id, MODEL_CONFIG, tmp).read_text())
+        except (MlflowException, OSError):  # an interrupted run: one line that says what to do (issue 8)
+            raise TrackingError(
+                f"run {run_id} has no trained model ({MODEL_CONFIG} missing): finish it first with "
+                f"`python -m pipelines train --resume {run_id}`"
+            ) from None
         state = torch.load(download(run_id, STATE_DICT, tmp), map_location="cpu", weights_only=True)
     model = instantiate(config)
     model.load_state_dict(state)
@@ -83,6 +93,10 @@ def load_trained(run_id: str) -> tuple[nn.Module, dict]:
 def configs_from_run(run_id: str) -> tuple[DataConfig, TrainConfig]:
     """The data and train configs a finished or interrupted train run was started with."""
     p, _, _ = run_data(run_id)
+    if "dataset" not in p or "model" not in p:
+        from tracking import TrackingError
+
+        raise TrackingError(f"run {run_id} has no train parameters (dataset, model, ...): it cannot be resumed")
     data = data_config(p["dataset"], p.get("data_dir"), p.get("classes"))
     train = train_config(
         *(
@@ -138,7 +152,6 @@ def run(
         "channels_last": True,
         "num_params": count_params(model),
         "n_train": len(x_train),
-        **environment_params(device),
     }
     with tracked_run(f"train-{cfg.tag()}", experiment_id_for(experiment), nested=nested, run_id=resume_run_id) as rid:
         if not resume_run_id:
@@ -150,7 +163,19 @@ def run(
             # Not on this machine: fetch it from the run (none logged yet: start at epoch 0, same run).
             with tempfile.TemporaryDirectory() as tmp, contextlib.suppress(Exception):
                 shutil.move(download(rid, CHECKPOINT, tmp), ckpt)
-        logger = MetricLogger(rid if tracking else None, local_path=checkpoint_dir(rid) / "metrics.jsonl")
+        local_metrics = checkpoint_dir(rid) / "metrics.jsonl"
+        skip = None
+        if resume_run_id and tracking:
+            # What the interrupted attempt kept locally goes up first (it may have lost its server);
+            # steps the server holds are never logged twice.
+            from tracking.metrics import logged_steps, resync
+            from tracking.runs import replay_pending
+
+            replay_pending(rid, end=False)
+            if local_metrics.exists():
+                resync(rid, local_metrics)
+            skip = logged_steps(rid)
+        logger = MetricLogger(rid if tracking else None, local_path=local_metrics, skip=skip)
         try:
             state = fit(
                 model,
@@ -168,7 +193,7 @@ def run(
                 on_epoch=lambda epoch, metrics: logger.log(metrics, epoch),
             )
         finally:
-            logger.flush()
+            logger.flush(force=True)  # a dead server is found here in seconds: the rest is kept locally
             if ckpt.exists():
                 log_file(ckpt, "checkpoints")  # resumable from any machine that sees the server
         log_metrics(

@@ -95,7 +95,15 @@ def _summary(prefix: str, stats: np.ndarray) -> dict[str, float]:
     }
 
 
-def save_checkpoint(path: Path, model: nn.Module, opt, sched, gen: torch.Generator, state: TrainState) -> None:
+def save_checkpoint(
+    path: Path,
+    model: nn.Module,
+    opt,
+    sched,
+    gen: torch.Generator,
+    state: TrainState,
+    aug_gen: torch.Generator | None = None,
+) -> None:
     """Atomic write (tmp + rename): a crash mid-write never leaves a half file named like a checkpoint."""
     path.parent.mkdir(parents=True, exist_ok=True)
     blob = {
@@ -107,17 +115,24 @@ def save_checkpoint(path: Path, model: nn.Module, opt, sched, gen: torch.Generat
         "history": state.history,
         "train_seconds": state.train_seconds,
     }
+    if aug_gen is not None:  # augmentation draws continue exactly on resume (issue 8)
+        blob["aug_generator"] = aug_gen.get_state()
+        blob["aug_device"] = aug_gen.device.type
     tmp = path.with_name(path.name + ".tmp")
     torch.save(blob, tmp)
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: Path, model: nn.Module, opt, sched, gen: torch.Generator) -> TrainState:
+def load_checkpoint(
+    path: Path, model: nn.Module, opt, sched, gen: torch.Generator, aug_gen: torch.Generator | None = None
+) -> TrainState:
     blob = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle arbitrary objects
     model.load_state_dict(blob["model"])
     opt.load_state_dict(blob["optimizer"])
     sched.load_state_dict(blob["scheduler"])
     gen.set_state(blob["generator"])
+    if aug_gen is not None and blob.get("aug_device") == aug_gen.device.type:
+        aug_gen.set_state(blob["aug_generator"])
     return TrainState(blob["epoch"], blob["history"], blob["train_seconds"])
 
 
@@ -178,7 +193,7 @@ def fit(
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     state = TrainState()
     if resume and checkpoint_path and checkpoint_path.exists():
-        state = load_checkpoint(checkpoint_path, model, opt, sched, gen)
+        state = load_checkpoint(checkpoint_path, model, opt, sched, gen, aug_gen)
     constrain = getattr(model, "apply_constraints", None)  # e.g. Keras-style max-norm
     n, bs, epochs = len(x_train), recipe["batch_size"], recipe["epochs"]
     steps = math.ceil(n / bs)
@@ -227,7 +242,7 @@ def fit(
             if on_epoch:
                 on_epoch(epoch + 1, metrics)
             if checkpoint_path and (state.epoch % checkpoint_every == 0 or last or stop_signals):
-                save_checkpoint(checkpoint_path, model, opt, sched, gen, state)
+                save_checkpoint(checkpoint_path, model, opt, sched, gen, state, aug_gen)
             if stop_signals and not last:
                 bar.close()
                 raise KeyboardInterrupt(f"{stop_signals[0]} after epoch {state.epoch}; checkpoint saved")

@@ -23,7 +23,9 @@ def mlflow_server(tmp_path_factory) -> str:
     from tracking.server import start_server, stop_server
 
     root = tmp_path_factory.mktemp("mlflow-server")
-    proc, url = start_server(f"sqlite:///{root}/mlflow.db", root / "artifacts", log_path=root / "server.log")
+    proc, url = start_server(
+        f"sqlite:///{root}/mlflow.db", root / "artifacts", log_path=root / "server.log", timeout_s=180
+    )
     yield url
     stop_server(proc)
 

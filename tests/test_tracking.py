@@ -39,9 +39,12 @@ def test_statuses(tracking):
 def test_child_failure_fails_the_parent(tracking):
     exp = experiment_id_for("nested")
     ids = {}
-    with pytest.raises(RuntimeError), tracked_run("parent", exp) as ids["parent"]:
-        with tracked_run("child", nested=True) as ids["child"]:
-            raise RuntimeError("step broke")
+    with (
+        pytest.raises(RuntimeError),
+        tracked_run("parent", exp) as ids["parent"],
+        tracked_run("child", nested=True) as ids["child"],
+    ):
+        raise RuntimeError("step broke")
     assert _status(ids["parent"]) == "FAILED" and _status(ids["child"]) == "FAILED"
     child = MlflowClient().get_run(ids["child"])
     assert child.data.tags["mlflow.parentRunId"] == ids["parent"]

@@ -32,7 +32,9 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def environment_params(device: torch.device) -> dict[str, str]:
+def environment_params(device: torch.device | None = None) -> dict[str, str]:
+    """Library versions, CPU/GPU and git commit; ``device`` defaults to the one ``auto`` picks."""
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     params = {"env.python": platform.python_version(), "env.platform": platform.platform()}
     for pkg in PACKAGES:
         try:
@@ -43,5 +45,6 @@ def environment_params(device: torch.device) -> dict[str, str]:
     params["env.cpu_capability"] = torch.backends.cpu.get_cpu_capability()
     params["env.torch_threads"] = str(torch.get_num_threads())
     params["env.device_name"] = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+    params["env.cuda_available"] = str(torch.cuda.is_available())
     params["env.git_commit"] = git_commit()
     return params

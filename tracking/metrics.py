@@ -9,23 +9,34 @@ from __future__ import annotations
 
 import json
 import time
-import warnings
 from pathlib import Path
 
+import mlflow
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 MAX_PER_REQUEST = 1000  # MLflow's log_batch limit on metrics per call
+RETRY_AFTER_S = 30.0  # first wait after a failed flush, doubled up to MAX_RETRY_AFTER_S
+MAX_RETRY_AFTER_S = 300.0
 
 
 class MetricLogger:
-    def __init__(self, run_id: str | None, local_path: Path | None = None, flush_every_s: float = 10.0):
+    def __init__(
+        self,
+        run_id: str | None,
+        local_path: Path | None = None,
+        flush_every_s: float = 10.0,
+        skip: set[tuple[str, int]] | None = None,
+    ):
         self.run_id = run_id  # None: tracking off, only the local file is written
         self.local_path = local_path
         self.flush_every_s = flush_every_s
+        self.skip = skip or set()  # (key, step) already on the server (a resumed run): never sent twice
         self._buffer: list[Metric] = []
         self._last_flush = time.monotonic()
         self._warned = False
+        self._retry_at = 0.0  # while the server is down: no new attempt before this (monotonic)
+        self._backoff_s = RETRY_AFTER_S
         self._client = MlflowClient() if run_id else None
         if local_path:
             local_path.parent.mkdir(parents=True, exist_ok=True)
@@ -36,40 +47,84 @@ class MetricLogger:
             with open(self.local_path, "a") as f:
                 f.write(json.dumps({"step": step, "timestamp": ts, **metrics}) + "\n")
         if self.run_id:
-            self._buffer += [Metric(k, float(v), ts, step) for k, v in metrics.items()]
+            self._buffer += [Metric(k, float(v), ts, step) for k, v in metrics.items() if (k, step) not in self.skip]
             if time.monotonic() - self._last_flush >= self.flush_every_s:
                 self.flush()
 
-    def flush(self) -> bool:
-        """Send what is buffered; on failure keep it (and warn once) so a later flush retries."""
+    def flush(self, force: bool = False) -> bool:
+        """Send what is buffered; on failure keep it, warn once, and back off.
+
+        ``force`` (the end of training) tries now and probes the server even with nothing buffered,
+        so the calls that end the run know whether to go to the server or to ``pending.json``.
+
+        While the server is down each attempt costs one quick ``/health`` probe, not MLflow's
+        retries, so training goes on at full speed; the values stay in memory and in the local file.
+        """
+        from tracking.runs import mark_online, server_reachable
+
         self._last_flush = time.monotonic()
-        while self._buffer and self._client:
+        if not self._client or not (self._buffer or force):
+            return True
+        if not force and time.monotonic() < self._retry_at:
+            return False
+        if not server_reachable():
+            return self._failed("no answer from /health")
+        sent = 0
+        while self._buffer:
             chunk = self._buffer[:MAX_PER_REQUEST]
             try:
                 self._client.log_batch(self.run_id, metrics=chunk)
-            except Exception as e:
-                if not self._warned:
-                    warnings.warn(
-                        f"tracking server unreachable, metrics buffered and kept in {self.local_path} ({e})",
-                        stacklevel=2,
-                    )
-                    self._warned = True
-                return False
+            except Exception as e:  # noqa: BLE001 - any failure: keep the values, try again later
+                return self._failed(" ".join(str(e).split())[:200])
             del self._buffer[: len(chunk)]
+            sent += len(chunk)
+        if self._retry_at:
+            from tracking.runs import warn
+
+            warn(f"tracking server {mlflow.get_tracking_uri()} answers again: {sent} buffered metric values sent")
+        self._retry_at, self._backoff_s = 0.0, RETRY_AFTER_S
+        mark_online()
         return True
+
+    def _failed(self, reason: str) -> bool:
+        from tracking.runs import RESYNC_HINT, mark_offline, warn
+
+        mark_offline(reason)
+        self._retry_at = time.monotonic() + self._backoff_s
+        self._backoff_s = min(2 * self._backoff_s, MAX_RETRY_AFTER_S)
+        if not self._warned:
+            warn(
+                f"tracking server {mlflow.get_tracking_uri()} unreachable ({reason}); training continues, "
+                f"metrics are buffered and kept in {self.local_path}, checkpoints beside it; they are sent "
+                f"when it answers again, or run `{RESYNC_HINT.format(run_id=self.run_id)}` later"
+            )
+            self._warned = True
+        return False
+
+
+def logged_steps(run_id: str, client: MlflowClient | None = None) -> set[tuple[str, int]]:
+    """Every (key, step) the server holds for a run."""
+    client = client or MlflowClient()
+    return {
+        (m.key, m.step) for key in client.get_run(run_id).data.metrics for m in client.get_metric_history(run_id, key)
+    }
 
 
 def resync(run_id: str, local_path: Path) -> int:
     """Send a run's local metric file to the server (after it was down). Returns values sent."""
     client = MlflowClient()
-    have = {
-        (m.key, m.step) for key in client.get_run(run_id).data.metrics for m in client.get_metric_history(run_id, key)
-    }
+    have = logged_steps(run_id, client)
     todo = []
     for line in Path(local_path).read_text().splitlines():
-        row = json.loads(line)
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by a kill: the values before it are whole
+            continue
         step, ts = row.pop("step"), row.pop("timestamp")
-        todo += [Metric(k, float(v), ts, step) for k, v in row.items() if (k, step) not in have]
+        for k, v in row.items():
+            if (k, step) not in have:  # the first value of a step wins (a resumed run repeats steps)
+                have.add((k, step))
+                todo.append(Metric(k, float(v), ts, step))
     for i in range(0, len(todo), MAX_PER_REQUEST):
         client.log_batch(run_id, metrics=todo[i : i + MAX_PER_REQUEST])
     return len(todo)

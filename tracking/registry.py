@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from importlib.metadata import version as package_version
 from pathlib import Path
 
 import mlflow
@@ -46,6 +47,8 @@ def log_onnx(
         input_example=example,
         registered_model_name=registered_model_name,
         onnx_execution_providers=["CPUExecutionProvider"],
+        # What serving the file needs, stated instead of inferred (inference costs ~6 s per call).
+        pip_requirements=[f"onnx=={package_version('onnx')}", f"onnxruntime=={package_version('onnxruntime')}"],
         save_as_external_data=False,
         tags=tags,
     )
@@ -85,8 +88,13 @@ def set_alias(name: str, alias: str, version: str) -> None:
 
 
 def download_model(model_uri: str, dst: str | Path) -> Path:
-    """Download a logged/registered model folder (``models:/name@alias``, ``runs:/id/model``)."""
-    return Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(dst)))
+    """Download a logged/registered model folder (``models:/name@alias``, ``runs:/id/model``).
+
+    Only inside ``dst``: names from the server are checked before and after (path traversal).
+    """
+    from tracking.artifacts import safe_download
+
+    return safe_download(model_uri, dst)
 
 
 # --- demo (issue 7): resolve a models:/ URI to its registered version and tags ---

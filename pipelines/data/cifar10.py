@@ -11,6 +11,7 @@ import numpy as np
 
 from pipelines.data import DataError, Dataset, select_classes
 from pipelines.data.download import cache_dir, download, extract_tar, md5sum
+from pipelines.data.pickles import load_cifar_pickle
 from pipelines.data.synthetic import make_split
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -67,22 +68,11 @@ def _find_folder(data_dir: Path | None) -> Path:
 
 
 def _unpickle(path: Path) -> dict:
-    if not path.is_file():
-        raise DataError(f"{path}: file missing")
-    try:
-        with open(path, "rb") as f:
-            # Only the user's own CIFAR files are read here; the official ones are python-2 pickles of
-            # plain dicts, lists and numpy arrays.
-            obj = pickle.load(f, encoding="bytes")
-    except Exception as e:  # truncated or not a pickle: many exception types are possible
-        msg = " ".join(str(e).split())  # some pickle errors span several lines
-        raise DataError(f"{path}: not a readable CIFAR pickle ({type(e).__name__}: {msg})") from None
-    if not isinstance(obj, dict):
-        raise DataError(f"{path}: expected a dict, found {type(obj).__name__}")
+    d = load_cifar_pickle(path)
     if path.name in FILE_MD5 and md5sum(path) != FILE_MD5[path.name]:
         # Users keep subset or re-packed copies: valid structure is enough, say that it differs.
         warnings.warn(f"{path}: md5 differs from the official file (a subset or re-packed copy?)", stacklevel=2)
-    return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
+    return d
 
 
 def _batch(path: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -11,6 +11,7 @@ import numpy as np
 
 from pipelines.data import DataError, Dataset, select_classes
 from pipelines.data.download import cache_dir, download, extract_tar, md5sum
+from pipelines.data.pickles import load_cifar_pickle
 from pipelines.data.synthetic import make_split
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
@@ -48,23 +49,8 @@ def _find_folder(data_dir: Path | None) -> Path:
     raise DataError(f"no CIFAR-100 found in {data_dir}: expected {FOLDER}/train,test,meta or {FOLDER}.tar.gz")
 
 
-def _unpickle(path: Path) -> dict:
-    if not path.is_file():
-        raise DataError(f"{path}: file missing")
-    try:
-        with open(path, "rb") as f:
-            # Only our own CIFAR files are read here; the official ones are python-2 pickles of
-            # plain dicts, lists and numpy arrays.
-            obj = pickle.load(f, encoding="bytes")
-    except Exception as e:  # truncated or not a pickle: many exception types are possible
-        raise DataError(f"{path}: not a readable CIFAR pickle ({type(e).__name__}: {e})") from None
-    if not isinstance(obj, dict):
-        raise DataError(f"{path}: expected a dict, found {type(obj).__name__}")
-    return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
-
-
 def _split(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    d = _unpickle(path)
+    d = load_cifar_pickle(path)
     for key in ("data", "fine_labels"):
         if key not in d:
             raise DataError(f"{path}: key {key!r} missing (keys: {sorted(d)})")
@@ -88,7 +74,7 @@ def load(data_dir: str | Path | None = None, classes: Sequence[int] = DEFAULT_CL
         folder = _find_folder(Path(data_dir) if data_dir else None)
         x_train, y_train = _split(folder / "train")
         x_test, y_test = _split(folder / "test")
-    meta = _unpickle(folder / "meta")
+    meta = load_cifar_pickle(folder / "meta")
     names = meta.get("fine_label_names")
     if not isinstance(names, list) or len(names) != 100:
         raise DataError(f"{folder / 'meta'}: 'fine_label_names' must list 100 names")

@@ -1,0 +1,1 @@
+"""Analyses of trained models (loss landscape, ...): pure computation, no MLflow."""

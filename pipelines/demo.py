@@ -1,0 +1,182 @@
+"""Command ``demo``: a static browser page that runs two registered ONNX models with onnxruntime-web.
+
+``build(cnn_uri, fc_uri, out)`` downloads both models from the registry into ``out`` as
+``model_cnn.onnx`` / ``model_fc.onnx``, writes ``models.json`` (name, version, run ids, input shape
+and layout, class ids and names, test accuracy) and copies the page (``web/``) with the vendored
+onnxruntime-web (``web/dist/vendor``, built by ``sh web/build.sh`` from the pinned npm package).
+``serve(out, port)`` serves that folder on 127.0.0.1 only. Nothing is loaded from the network
+by the page: it works offline.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+
+import click
+
+from pipelines.config import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+WEB = ROOT / "web"
+PAGE_FILES = ("index.html", "demo.js", "style.css")
+VENDOR = WEB / "dist" / "vendor"  # written by web/build.sh: the pinned onnxruntime-web files
+VENDOR_FILES = ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
+DEFAULT_CNN = "models:/cifar100-cnn@champion"
+DEFAULT_FC = "models:/cifar100-fc@champion"
+DEFAULT_OUT = "out/demo"
+HOST = "127.0.0.1"
+MIME = {".mjs": "text/javascript", ".js": "text/javascript", ".wasm": "application/wasm", ".json": "application/json"}
+
+
+def vendored_ort_version(vendor: Path = VENDOR) -> str:
+    """The onnxruntime-web version in ``web/dist/vendor``; ConfigError saying how to build it if absent."""
+    missing = [f for f in (*VENDOR_FILES, "VERSION") if not (vendor / f).is_file()]
+    if missing:
+        raise ConfigError(
+            f"onnxruntime-web is not vendored ({vendor / missing[0]} missing): run `sh web/build.sh` (npm ci) first"
+        )
+    return (vendor / "VERSION").read_text().strip()
+
+
+def onnx_io(path: Path) -> tuple[str, list[int], str, int]:
+    """(input name, [H, W, C], output name, number of outputs) of an NHWC classifier in ONNX."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    (inp,), out = graph.input, graph.output[0]
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in inp.type.tensor_type.shape.dim]
+    odims = [d.dim_value if d.HasField("dim_value") else None for d in out.type.tensor_type.shape.dim]
+    if len(dims) != 4 or None in dims[1:] or len(odims) != 2 or odims[1] is None:
+        raise ConfigError(f"{path.name}: expected input [batch, H, W, C] and output [batch, k], got {dims} -> {odims}")
+    return inp.name, dims[1:], out.name, odims[1]
+
+
+def fetch_model(model_uri: str, key: str, title: str, out: Path) -> dict:
+    """Download ``model_uri`` to ``out/model_<key>.onnx``; its ``models.json`` entry."""
+    from tracking.registry import download_model, model_version_info
+
+    info = model_version_info(model_uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = download_model(model_uri, tmp)
+        files = sorted(folder.rglob("*.onnx"))
+        if len(files) != 1:
+            raise ConfigError(f"{model_uri}: expected one .onnx file in the model, found {[f.name for f in files]}")
+        dst = out / f"model_{key}.onnx"
+        shutil.copyfile(files[0], dst)
+    input_name, shape, output_name, k = onnx_io(dst)
+    tags = info.tags
+    ids = [int(i) for i in tags["classes"].split(",")] if tags.get("classes") else list(range(k))
+    names = tags["class_names"].split(",") if tags.get("class_names") else [str(i) for i in ids]
+    if not len(ids) == len(names) == k:
+        raise ConfigError(f"{model_uri}: {k} outputs but tags name {len(ids)} class ids / {len(names)} names")
+    acc = tags.get("test_accuracy")
+    return {
+        "key": key,
+        "title": title,
+        "file": dst.name,
+        "model_uri": model_uri,
+        "registered_model": info.name,
+        "version": info.version,
+        "run_id": info.run_id,
+        "train_run_id": tags.get("train_run_id", ""),
+        "dataset": tags.get("dataset", ""),
+        "input_name": input_name,
+        "input_shape": shape,  # [H, W, C] of one image; the model takes [batch, H, W, C]
+        "input_layout": "NHWC",
+        "input_dtype": "float32",
+        "input_range": [0, 255],
+        "output_name": output_name,
+        "output": "logits",
+        "class_ids": ids,
+        "class_names": names,
+        "test_accuracy": float(acc) if acc not in (None, "") else None,
+    }
+
+
+def build(cnn_uri: str = DEFAULT_CNN, fc_uri: str = DEFAULT_FC, out: str | Path = DEFAULT_OUT) -> Path:
+    """Write the demo folder: page, vendored onnxruntime-web, both models and ``models.json``."""
+    ort_version = vendored_ort_version()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    models = [fetch_model(cnn_uri, "cnn", "CNN", out), fetch_model(fc_uri, "fc", "Fully connected", out)]
+    if models[0]["class_ids"] != models[1]["class_ids"]:
+        raise ConfigError(
+            f"the two models are trained on different classes: {cnn_uri} {models[0]['class_ids']} vs "
+            f"{fc_uri} {models[1]['class_ids']}"
+        )
+    for name in PAGE_FILES:
+        shutil.copyfile(WEB / name, out / name)
+    shutil.copytree(VENDOR, out / "vendor", dirs_exist_ok=True)
+    meta = {"created_by": "python -m pipelines demo", "onnxruntime_web": ort_version, "models": models}
+    (out / "models.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return out
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    extensions_map = {**http.server.SimpleHTTPRequestHandler.extensions_map, **MIME}
+
+    def end_headers(self):
+        self.send_header("Cache-Control", "no-store")  # a rebuilt folder is never shadowed by a cached model
+        super().end_headers()
+
+    def log_message(self, format, *args):  # quiet: the command prints the URL, not every request
+        pass
+
+
+def make_server(folder: str | Path, port: int = 8000) -> http.server.ThreadingHTTPServer:
+    """An HTTP server for ``folder`` bound to 127.0.0.1 only (port 0 = any free port); not started."""
+    handler = functools.partial(_Handler, directory=str(folder))
+    try:
+        return http.server.ThreadingHTTPServer((HOST, port), handler)
+    except (OSError, OverflowError) as e:
+        raise ConfigError(f"cannot serve on {HOST}:{port}: {getattr(e, 'strerror', None) or e}") from None
+
+
+def url_of(server: http.server.HTTPServer) -> str:
+    host, port = server.server_address[:2]
+    return f"http://{host}:{port}/"
+
+
+def serve_in_thread(folder: str | Path, port: int = 0) -> tuple[http.server.ThreadingHTTPServer, str]:
+    """Start serving in a daemon thread (tests); stop with ``server.shutdown(); server.server_close()``."""
+    server = make_server(folder, port)
+    threading.Thread(target=server.serve_forever, daemon=True, name="demo-http").start()
+    return server, url_of(server)
+
+
+def demo_command(wrap=lambda fn: fn) -> click.Command:
+    """The click command; ``wrap`` is the CLI's ``entry_point`` (tracking setup + one-line errors)."""
+
+    @click.command("demo")
+    @click.option("--cnn-uri", default=DEFAULT_CNN, show_default=True, help="Registered CNN (models:/name@alias).")
+    @click.option("--fc-uri", default=DEFAULT_FC, show_default=True, help="FC model trained on the same classes.")
+    @click.option("--out", default=DEFAULT_OUT, show_default=True, help="Folder to write the page and models into.")
+    @click.option("--port", default="8000", show_default=True, help="Port on 127.0.0.1 (0 = any free port).")
+    @click.option("--serve/--no-serve", default=True, show_default=True, help="Serve the folder, or write it and exit.")
+    @wrap
+    def demo(cnn_uri, fc_uri, out, port, serve):
+        """Browser demo: both models side by side in onnxruntime-web; open an image, shift it, compare."""
+        from pipelines.config import parse_int
+        from tracking.runs import RunKilled
+
+        port = parse_int("port", port, minimum=0)
+        folder = build(cnn_uri, fc_uri, out)
+        click.echo(f"demo written to {folder}")
+        if not serve:
+            return
+        server = make_server(folder, port)
+        click.echo(f"serving {folder} at {url_of(server)}  (127.0.0.1 only; Ctrl-C to stop)")
+        try:
+            server.serve_forever()
+        except (KeyboardInterrupt, RunKilled):
+            click.echo("stopped")
+        finally:
+            server.server_close()
+
+    return demo

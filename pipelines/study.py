@@ -1,0 +1,716 @@
+"""Entry point ``study``: the seeds' comparisons, one command each.
+
+A study is one parent run (experiment ``study-<name>``) with one child run per (configuration,
+seed). Each child trains and evaluates one configuration and carries the same metric names as
+``main`` (``test_accuracy``, ``test_macro_f1``, ``train_accuracy``, ``overfit_gap``,
+``train_seconds``, ``seconds_per_epoch``, ``inference_ms_per_image``, ``num_params`` and the
+per-epoch ``val_acc`` curve), with its ``evaluate`` step as a grandchild run. The parent logs the
+comparison table and figures (``pipelines.compare``), picks the champion by ``CHAMPION_RULE``,
+registers the ONNX models of champion and runner-up with aliases ``champion`` / ``challenger``
+and writes the verdict into its description.
+
+Idempotent: each child is tagged with a hash of what determines its result (data fingerprint,
+model and options, resolved recipe, seed, device, precision); re-running a study reuses children
+that already FINISHED with the same hash and re-opens the parent of the same study spec, so a
+crashed study continues where it stopped.
+
+Children run serially in this process (``executor="local"``) or as Ray Tune trials
+(``executor="ray"``, see ``pipelines.sweep``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import click
+import torch
+
+from models import list_models, model_info
+from pipelines import evaluate, export_onnx, prep
+from pipelines.compare import (
+    CHAMPION_RULE,
+    TRIALS_ARTIFACT,
+    display_frame,
+    log_comparison,
+    quiet_downloads,
+    render,
+    runs_frame,
+)
+from pipelines.config import (
+    AUTO,
+    ConfigError,
+    DataConfig,
+    ExportConfig,
+    TrainConfig,
+    as_params,
+    data_config,
+    parse_choice,
+    parse_int,
+    train_config,
+)
+from pipelines.data import Dataset
+from pipelines.main import SUMMARY
+from tracking import experiment_id_for, tracked_run
+from tracking.artifacts import log_file, log_json
+from tracking.registry import set_alias
+from tracking.runs import (
+    RunRecord,
+    active_run_id,
+    find_model_version,
+    find_runs,
+    get_run_record,
+    log_metrics,
+    log_params,
+    metric_history,
+    set_model_version_tags,
+    set_tags,
+)
+
+QUICK_EPOCHS = 2  # --scale quick: a smoke run of the whole study in seconds to minutes
+EXECUTORS = ("local", "ray")
+SCALES = ("full", "quick")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One configuration of a study: a model and its settings as raw strings (parsed by pipelines.config)."""
+
+    label: str
+    model: str
+    options: dict[str, str] = field(default_factory=dict)  # TrainConfig fields: pooling, lr, weight_decay, ...
+
+
+@dataclass(frozen=True)
+class Study:
+    dataset: str  # the seed's data set (any study runs on another with --dataset, e.g. digits)
+    variants: tuple[Variant, ...]
+    epochs: int | None  # the seed's epochs; None = each model's recipe
+    seed_file: str  # which seed notebook the study comes from (shared/seeds/)
+    question: str  # what the seed compares, written into the parent's description
+    reference: str = ""  # the seed's own numbers (Colab T4), for the description
+
+
+def _v(label: str, model: str, **options: str) -> Variant:
+    return Variant(label, model, dict(options))
+
+
+# The seeds' comparisons. Recipes (optimizer, lr, batch, epochs) are each model's seed recipe
+# (models/__init__.py); only what a study varies is written here.
+STUDIES: dict[str, Study] = {
+    "pooling": Study(
+        "cifar100",
+        (
+            _v("stride", "pooling_cnn", pooling="stride"),
+            _v("max", "pooling_cnn", pooling="max"),
+            _v("avg", "pooling_cnn", pooling="avg"),
+        ),
+        500,
+        "lab2-cifar100-pooling-onnx-landscape.md, lab2.2-cifar100-pooling-report.md",
+        "Downsampling x4 by conv stride vs max pooling vs average pooling (33,219 params each): "
+        "quality, train time and overfitting.",
+        "seed (T4, 500 epochs, classes 0,33,41): test acc stride ~90%, max 92.67%, avg 92.67%; "
+        "train time 38 s / 98 s / 100 s; train acc reaches 100% (val loss rises after ~100-150 epochs).",
+    ),
+    "mnist_arch": Study(
+        "mnist",
+        (_v("fcnet", "fcnet"), _v("simple_cnn", "simple_cnn"), _v("resnet_like", "resnet_like")),
+        10,
+        "cnn-vs-fc-architecture-studies.md (1.1)",
+        "Fully connected vs simple CNN vs CNN with residual blocks on MNIST (Adam 1e-3, batch 128).",
+        "seed: test acc .9806 / .9911 / .9905; train 82 / 281 / 591 s; 567,434 / 241,546 / 290,058 params.",
+    ),
+    "cifar10_arch": Study(
+        "cifar10",
+        (
+            _v("deep_fcnet", "deep_fcnet"),
+            _v("resnet_cifar", "resnet_cifar"),
+            _v("resnet_cifar_reg", "resnet_cifar_reg"),
+        ),
+        10,
+        "cnn-vs-fc-architecture-studies.md (1.2)",
+        "Deep FC vs ResNet vs regularised ResNet (weight decay, dropout, augmentation) on CIFAR-10: "
+        "accuracy and overfitting.",
+        "seed: test acc .478 / .827 / .793.",
+    ),
+    "kernel": Study(
+        "cifar10",
+        (
+            _v("k3", "cnn_k3"),
+            _v("k5", "cnn_k5"),
+            _v("k7", "cnn_k7"),
+            _v("combo_1x1_3x3", "cnn_combo"),
+        ),
+        10,
+        "cnn-vs-fc-architecture-studies.md (2.1)",
+        "Kernel size 3x3 vs 5x5 vs 7x7 vs 1x1+3x3 at ~20k parameters each.",
+        "seed: test acc .5329 / .5503 / .5445 / .4378; train ~585 s each.",
+    ),
+    "depth": Study(
+        "cifar10",
+        (
+            _v("shallow", "shallow_cnn"),
+            _v("medium", "medium_cnn"),
+            _v("deep", "deep_cnn"),
+            _v("residual", "residual_cnn"),
+        ),
+        10,
+        "cnn-vs-fc-architecture-studies.md (2.2)",
+        "CNN depth 2 vs 4 vs 6 conv layers vs residual connections: accuracy, time, gradient flow.",
+        "seed: test acc .4608 / .6093 / .6872 / .7883; train 806 / 3334 / 6333 / 11413 s.",
+    ),
+    "custom": Study(
+        "cifar10",
+        (_v("custom_layers", "cnn_custom"), _v("standard_layers", "cnn_standard")),
+        5,
+        "cnn-vs-fc-architecture-studies.md (3.1)",
+        "Custom layers (WS-conv, learnable Swish, CBAM attention, mixed pooling) vs their standard twins.",
+        "seed (5 epochs): custom test acc .8876; train 201 s custom vs 131 s standard.",
+    ),
+    "residual": Study(
+        "cifar10",
+        (_v("basic", "basic_resnet"), _v("bottleneck", "bottleneck_resnet"), _v("wide", "wide_resnet")),
+        10,
+        "cnn-vs-fc-architecture-studies.md (3.2)",
+        "Residual block variants: basic vs bottleneck vs wide (304,810 / 33,770 / 886,762 params).",
+    ),
+    "keras": Study(
+        "cifar10",
+        (_v("lr_decay", "keras_cnn"), _v("no_decay", "keras_cnn", lr_schedule="none")),
+        25,
+        "keras-cifar10-cnn.md",
+        "The Keras seed CNN with its lr/epochs decay (the seed) vs constant lr (ablation of the decay).",
+        "seed (25 epochs, batch 32, SGD 0.01 momentum 0.9, decay lr/epochs): test acc 76.63%.",
+    ),
+}
+
+# TrainConfig fields as train_config() takes them, with the CLI's defaults.
+TRAIN_DEFAULTS = {
+    "model": "pooling_cnn",
+    "pooling": "max",
+    "epochs": AUTO,
+    "batch_size": AUTO,
+    "lr": AUTO,
+    "momentum": AUTO,
+    "weight_decay": AUTO,
+    "optimizer": AUTO,
+    "lr_schedule": AUTO,
+    "augment": AUTO,
+    "seed": "0",
+    "device": AUTO,
+    "precision": AUTO,
+    "eval_every": "1",
+    "checkpoint_every": "50",
+}
+VARIANT_KEYS = ("pooling", "batch_size", "lr", "momentum", "weight_decay", "optimizer", "lr_schedule", "augment")
+
+
+def make_train_cfg(model: str, **raw) -> TrainConfig:
+    """A TrainConfig from raw strings, checked by pipelines.config (ConfigError names the bad value)."""
+    return train_config(*(str(v) for v in {**TRAIN_DEFAULTS, "model": model, **raw}.values()))
+
+
+# ---- the plan: everything checked before any run exists ----
+
+
+@dataclass
+class TrialSpec:
+    """What one child run trains: picklable, so a Ray worker gets it as is."""
+
+    label: str  # the configuration (rows of the comparison table)
+    run_name: str
+    data_cfg: DataConfig
+    train_cfg: TrainConfig
+    tags: dict[str, str] = field(default_factory=dict)  # study / sweep name, trial number ...
+    val_fraction: float = 0.0  # > 0: hold this share of train out as the evaluation split during training
+
+
+@dataclass
+class StudyPlan:
+    name: str
+    data_cfg: DataConfig
+    seeds: list[int]
+    epochs: int | None
+    variants: list[Variant]
+    trials: list[TrialSpec]
+    known: Study | None  # the table's entry, None for an explicit list
+
+    def params(self) -> dict[str, str]:
+        """Resolved values under ``study.*``: ``mlflow run`` logged the raw MLproject ones under the plain names."""
+        out = {
+            "name": self.name,
+            **as_params(self.data_cfg),
+            "seeds": ",".join(map(str, self.seeds)),
+            "epochs": str(self.epochs or AUTO),
+            "configs": ";".join(f"{v.label}={spec_text(v)}" for v in self.variants),
+            "device": self.trials[0].train_cfg.device,
+            "precision": self.trials[0].train_cfg.precision,
+            "champion_rule": CHAMPION_RULE,
+        }
+        return {f"study.{k}": v for k, v in out.items()}
+
+
+def spec_text(v: Variant) -> str:
+    return v.model + (":" + ",".join(f"{k}={x}" for k, x in v.options.items()) if v.options else "")
+
+
+def parse_seeds(raw) -> list[int]:
+    parts = [p for p in str(raw).replace(" ", "").split(",") if p]
+    seeds = [parse_int("seeds", p, minimum=0) for p in parts]
+    if not seeds:
+        raise ConfigError(f"seeds must be comma-separated integers >= 0, e.g. 0,1,2; got {raw!r}")
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"seeds must not repeat; got {raw!r}")
+    return seeds
+
+
+def parse_configs(raw: str) -> list[Variant]:
+    """``model[:key=value,...]`` separated by ``;``, e.g. ``fcnet;pooling_cnn:pooling=avg,lr=0.01``."""
+    variants = []
+    for item in (p.strip() for p in str(raw).split(";")):
+        if not item:
+            continue
+        model, _, rest = item.partition(":")
+        model = parse_choice("configs model", model.strip(), list_models())
+        options: dict[str, str] = {}
+        for kv in (p.strip() for p in rest.split(",") if p.strip()):
+            key, eq, value = kv.partition("=")
+            key = key.strip()
+            if not eq or key not in VARIANT_KEYS:
+                raise ConfigError(f"configs: {kv!r} must be key=value with key one of {', '.join(VARIANT_KEYS)}")
+            options[key] = value.strip()
+        make_train_cfg(model, **options)  # checks every value now
+        variants.append(Variant(item, model, options))
+    if not variants:
+        raise ConfigError("configs must name at least one model, e.g. 'fcnet;simple_cnn'")
+    if len({v.label for v in variants}) != len(variants):
+        raise ConfigError(f"configs must not repeat a configuration; got {raw!r}")
+    return variants
+
+
+def plan_study(
+    name: str,
+    configs: str = "",
+    seeds="0,1,2",
+    scale: str = "full",
+    epochs=AUTO,
+    dataset: str = "",
+    data_dir: str = "",
+    classes: str = "default",
+    device: str = AUTO,
+    precision: str = AUTO,
+) -> StudyPlan:
+    """Resolve a study name (or an explicit list) into its trials; every parameter is checked here."""
+    name = str(name).strip()
+    known = STUDIES.get(name)
+    if known is None and not str(configs).strip():
+        raise ConfigError(
+            f"study must be one of {', '.join(STUDIES)} (or any name with --configs model[:key=value,...];...); "
+            f"got {name!r}"
+        )
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise ConfigError(f"study name must be letters, digits, '_', '-' or '.'; got {name!r}")
+    scale = parse_choice("scale", scale, SCALES)
+    variants = parse_configs(configs) if str(configs).strip() else list(known.variants)
+    seed_list = parse_seeds(seeds)
+    n_epochs = parse_int("epochs", epochs, allow_auto=True)
+    if n_epochs is None:
+        n_epochs = QUICK_EPOCHS if scale == "quick" else (known.epochs if known else None)
+    ds_name = dataset or (known.dataset if known else model_info(variants[0].model).dataset)
+    data_cfg = data_config(ds_name, data_dir, classes)
+    if data_cfg.data_dir:
+        data_cfg = replace(data_cfg, data_dir=str(Path(data_cfg.data_dir).resolve()))  # Ray workers start elsewhere
+    trials = []
+    for v in variants:
+        for seed in seed_list:
+            raw = {**v.options, "seed": seed, "device": device, "precision": precision}
+            if n_epochs is not None:
+                raw["epochs"] = n_epochs
+            cfg = make_train_cfg(v.model, **raw)
+            trials.append(TrialSpec(v.label, f"{v.label}-s{seed}", data_cfg, cfg, {"study": name}))
+    return StudyPlan(name, data_cfg, seed_list, n_epochs, variants, trials, known)
+
+
+# ---- one child run: train + evaluate, same metric names as `main` ----
+
+
+class Pruned(Exception):  # noqa: N818 - the trial was pruned, not an error
+    """Raised by an ``on_epoch`` hook when a scheduler (ASHA) stops the trial early."""
+
+    def __init__(self, epoch: int):
+        super().__init__(f"pruned after epoch {epoch}")
+        self.epoch = epoch
+
+
+@dataclass
+class TrialResult:
+    run_id: str
+    label: str
+    seed: int
+    reused: bool
+    pruned: bool
+    epochs_done: int
+    metrics: dict[str, float]
+    seconds: float
+
+
+def params_hash(spec: TrialSpec, ds: Dataset) -> str:
+    """What determines a child's result; equal hash = same result to expect (on the same hardware kind)."""
+    cfg = spec.train_cfg
+    key = {
+        "dataset": ds.name,
+        "data_fingerprint": ds.fingerprint(),
+        "model": cfg.model,
+        "options": cfg.model_options(),
+        "recipe": cfg.recipe(),
+        "seed": cfg.seed,
+        "device": cfg.device,
+        "precision": cfg.precision,
+        "eval_every": cfg.eval_every,
+        "val_fraction": spec.val_fraction,
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def _split_val(ds: Dataset, fraction: float, seed: int) -> Dataset:
+    """Train minus a stratified holdout, with the holdout as the 'test' split (what ``fit`` validates on)."""
+    from sklearn.model_selection import train_test_split
+
+    x_tr, x_val, y_tr, y_val = train_test_split(
+        ds.x_train, ds.y_train, test_size=fraction, stratify=ds.y_train, random_state=seed
+    )
+    return replace(ds, x_train=x_tr, y_train=y_tr, x_test=x_val, y_test=y_val)
+
+
+def _finished(experiment_id: str, h: str) -> RunRecord | None:
+    done = find_runs([experiment_id], f"tags.params_hash = '{h}' and attributes.status = 'FINISHED'")
+    done = [r for r in done if "test_accuracy" in r.metrics]
+    return done[0] if done else None
+
+
+def _resumable(experiment_id: str, h: str) -> str | None:
+    """An interrupted child with the same hash whose checkpoint is on this machine."""
+    from pipelines.train import checkpoint_dir
+
+    for r in find_runs([experiment_id], f"tags.params_hash = '{h}'"):
+        if r.status in ("FAILED", "KILLED") and (checkpoint_dir(r.run_id) / "last.pt").exists():
+            return r.run_id
+    return None
+
+
+def run_trial(
+    spec: TrialSpec,
+    parent_id: str,
+    experiment_id: str,
+    dataset: Dataset | None = None,
+    on_epoch=None,
+    progress: bool = True,
+) -> TrialResult:
+    """Train + evaluate ``spec`` as a child of ``parent_id`` (or reuse a finished identical child).
+
+    ``on_epoch(run_id, epoch, metrics)`` sees every epoch (a reused child replays its ``val_acc``
+    curve); it raises ``Pruned`` to stop the trial, which then ends FINISHED tagged ``early_stopped``.
+    Works in-process under the active parent run and in a Ray worker (no active run: the parent
+    is set by tag, the experiment by id).
+    """
+    from pipelines.device import pick_device, pick_precision
+    from pipelines.train import MODEL_CONFIG, build_model, checkpoint_dir
+    from pipelines.trainer import fit
+    from tracking.metrics import MetricLogger
+
+    t0 = time.perf_counter()
+    ds = dataset or prep.load(spec.data_cfg)
+    cfg = spec.train_cfg
+    h = params_hash(spec, ds)
+    done = _finished(experiment_id, h)
+    if done is not None:
+        epochs_done = int(done.metrics.get("epochs_done", 0))
+        if on_epoch:
+            try:
+                for epoch, value in metric_history(done.run_id, "val_acc"):
+                    on_epoch(done.run_id, epoch, {"val_acc": value})
+            except Pruned as p:
+                return TrialResult(done.run_id, spec.label, cfg.seed, True, True, p.epoch, done.metrics, 0.0)
+        return TrialResult(done.run_id, spec.label, cfg.seed, True, False, epochs_done, done.metrics, 0.0)
+
+    resume_id = _resumable(experiment_id, h)
+    fit_ds = _split_val(ds, spec.val_fraction, cfg.seed) if spec.val_fraction else ds
+    device = pick_device(cfg.device)
+    precision = pick_precision(cfg.precision, device)
+    recipe = cfg.recipe()
+    model, model_config = build_model(cfg, ds)
+    model = model.to(device, memory_format=torch.channels_last)
+    tensors = [torch.from_numpy(a).to(device) for a in (fit_ds.x_train, fit_ds.y_train, fit_ds.x_test, fit_ds.y_test)]
+    tensors[0], tensors[2] = tensors[0].float(), tensors[2].float()
+    tags = {
+        "step": "trial",
+        "config": spec.label,
+        "seed": str(cfg.seed),
+        "model": cfg.model,
+        "dataset": ds.name,
+        "params_hash": h,
+        "mlflow.parentRunId": parent_id,
+        **spec.tags,
+    }
+    try:
+        in_parent = active_run_id() == parent_id
+    except RuntimeError:
+        in_parent = False
+    with tracked_run(spec.run_name, experiment_id, nested=in_parent, tags=tags, run_id=resume_id) as rid:
+        if resume_id is None:
+            log_params(
+                {
+                    **as_params(spec.data_cfg, cfg),
+                    **{f"recipe.{k}": v for k, v in recipe.items()},
+                    "config": spec.label,
+                    "classes_used": ",".join(map(str, ds.class_ids)),
+                    "device_used": str(device),
+                    "precision_used": precision,
+                    "channels_last": True,
+                    "num_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+                    "n_train": len(fit_ds.x_train),
+                    "val_fraction": spec.val_fraction,
+                }  # library versions, CPU/GPU and git commit: tracked_run logs them on every new run
+            )
+        ckpt = checkpoint_dir(rid) / "last.pt"
+        logger = MetricLogger(rid, local_path=checkpoint_dir(rid) / "metrics.jsonl")
+
+        def hook(epoch: int, metrics: dict[str, float]) -> None:
+            logger.log(metrics, epoch)
+            if on_epoch:
+                logger.flush()  # a scheduler may stop this process after the callback: nothing stays buffered
+                on_epoch(rid, epoch, metrics)
+
+        try:
+            state = fit(
+                model,
+                *tensors,
+                recipe,
+                cfg.seed,
+                precision,
+                cfg.eval_every,
+                cfg.checkpoint_every,
+                ckpt,
+                resume=resume_id is not None,
+                on_epoch=hook,
+                progress=progress,
+            )
+        except Pruned as p:
+            logger.flush()
+            set_tags({"early_stopped": "true", "stopped_at_epoch": p.epoch})
+            log_metrics({"epochs_done": p.epoch})
+            return TrialResult(rid, spec.label, cfg.seed, False, True, p.epoch, {}, time.perf_counter() - t0)
+        finally:
+            logger.flush()
+        n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        log_metrics(
+            {
+                "train_seconds": state.train_seconds,
+                "seconds_per_epoch": state.train_seconds / max(state.epoch, 1),
+                "num_params": n_params,
+                "epochs_done": state.epoch,
+            }
+        )
+        with tempfile.TemporaryDirectory() as tmp:
+            torch.save(model.state_dict(), Path(tmp) / "state_dict.pt")
+            log_file(Path(tmp) / "state_dict.pt", "model")
+        log_json(model_config, MODEL_CONFIG)
+        log_json(state.history, "history.json")
+        metrics = evaluate.run(rid, dataset=ds, model=model, history=state.history, nested=True)
+        summary = {k: v for k, v in metrics.items() if k in SUMMARY}
+        log_metrics(summary)
+        if spec.val_fraction:
+            summary["val_acc"] = state.history[-1].get("val_acc", float("nan"))
+            log_metrics({"final_val_acc": summary["val_acc"]})
+    return TrialResult(rid, spec.label, cfg.seed, False, False, state.epoch, summary, time.perf_counter() - t0)
+
+
+# ---- the study ----
+
+
+def _spec_hash(plan: StudyPlan, ds: Dataset) -> str:
+    key = [plan.name, sorted(params_hash(t, ds) for t in plan.trials)]
+    return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:20]
+
+
+def _old_parent(experiment_id: str, spec_hash: str) -> str | None:
+    if os.environ.get("MLFLOW_RUN_ID"):
+        return None  # under `mlflow run` the entry point's run is the parent
+    runs = find_runs([experiment_id], f"tags.step = 'study' and tags.spec_hash = '{spec_hash}'")
+    return runs[0].run_id if runs else None
+
+
+def select_champion(summary) -> tuple[str, str | None]:
+    """(champion, runner-up) configuration by ``CHAMPION_RULE`` (the summary is ranked already)."""
+    configs = list(summary["config"])
+    return configs[0], (configs[1] if len(configs) > 1 else None)
+
+
+def _best_run(df, config: str) -> tuple[str, float]:
+    """The run standing for a configuration in the registry: its best seed (ties -> faster)."""
+    rows = df[df["config"] == config].sort_values(["test_accuracy", "train_seconds"], ascending=[False, True])
+    return str(rows.iloc[0]["run_id"]), float(rows.iloc[0]["test_accuracy"])
+
+
+def register(df, summary, ds: Dataset, name: str, study: str) -> dict[str, str]:
+    """ONNX of champion and runner-up registered (re-used if that run is registered already) + aliases."""
+    out: dict[str, str] = {}
+    champion, challenger = select_champion(summary)
+    for alias, config in (("champion", champion), ("challenger", challenger)):
+        if config is None:
+            continue
+        run_id, score = _best_run(df, config)
+        version = find_model_version(name, "train_run_id", run_id)
+        if version is None:
+            exported = export_onnx.run(run_id, ExportConfig(name), dataset=ds, test_accuracy=score, nested=True)
+            version = str(exported["version"])
+        mean = float(summary.loc[summary["config"] == config, "test_accuracy_mean"].iloc[0])
+        set_model_version_tags(name, version, {"study": study, "config": config, "mean_test_accuracy": f"{mean:.6f}"})
+        set_alias(name, alias, version)
+        out[alias] = version
+        out[f"{alias}_config"] = config
+    return out
+
+
+def verdict(summary, plan: StudyPlan) -> str:
+    """The parent's description: question, ranking by the rule, cost and overfitting, seed reference."""
+    s = summary.set_index("config")
+    champion, challenger = select_champion(summary)
+
+    def acc(c):
+        return f"{s.loc[c, 'test_accuracy_mean']:.4f} ± {s.loc[c, 'test_accuracy_std']:.4f}"
+
+    fastest = s["train_seconds_mean"].idxmin()
+    slowest = s["train_seconds_mean"].idxmax()
+    overfit = s["overfit_gap_mean"].idxmax()
+    least = s["overfit_gap_mean"].idxmin()
+    lines = [
+        f"Study `{plan.name}` on {plan.data_cfg.dataset}, seeds {','.join(map(str, plan.seeds))}, "
+        f"epochs {plan.epochs or 'per recipe'}.",
+    ]
+    if plan.known:
+        lines.append(f"Question ({plan.known.seed_file}): {plan.known.question}")
+    lines.append(f"Rule: {CHAMPION_RULE}.")
+    verdict_line = f"Verdict: champion **{champion}** (test accuracy {acc(champion)})"
+    if challenger:
+        verdict_line += f", runner-up **{challenger}** ({acc(challenger)})"
+    lines.append(verdict_line + ".")
+    if len(s) > 1:
+        ratio = s.loc[slowest, "train_seconds_mean"] / max(s.loc[fastest, "train_seconds_mean"], 1e-9)
+        lines.append(
+            f"Train time: fastest {fastest} ({s.loc[fastest, 'train_seconds_mean']:.1f} s), slowest {slowest} "
+            f"({s.loc[slowest, 'train_seconds_mean']:.1f} s, {ratio:.1f}x). Overfitting (train - test accuracy): "
+            f"largest {overfit} ({s.loc[overfit, 'overfit_gap_mean']:.4f}), smallest {least} "
+            f"({s.loc[least, 'overfit_gap_mean']:.4f})."
+        )
+    if plan.known and plan.known.reference:
+        lines.append(f"Reference, {plan.known.reference}")
+    return "\n\n".join(lines)
+
+
+def run_study(
+    plan: StudyPlan,
+    experiment: str | None = None,
+    registered_model_name: str | None = None,
+    executor: str = "local",
+    ray_address: str | None = None,
+    max_concurrent: int | None = None,
+) -> dict:
+    """Run (or continue) a study; returns run_id, the summary frame, champion info and the table text."""
+    executor = parse_choice("executor", executor, EXECUTORS)
+    quiet_downloads()
+    ds = prep.load(plan.data_cfg)  # bad data fails here, before any run exists
+    exp_id = experiment_id_for(experiment or f"study-{plan.name}")
+    spec_hash = _spec_hash(plan, ds)
+    resume_id = _old_parent(exp_id, spec_hash)
+    t0 = time.perf_counter()
+    with tracked_run(f"study-{plan.name}", exp_id, run_id=resume_id) as parent_id:
+        if resume_id is None:
+            log_params(plan.params())
+        set_tags(
+            {
+                "step": "study",
+                "study": plan.name,
+                "spec_hash": spec_hash,
+                "dataset": ds.name,
+                "executor": executor,
+                "data_fingerprint": ds.fingerprint()[:16],
+            }
+        )
+        if executor == "ray":
+            from pipelines.sweep import run_trials_on_ray
+
+            results = run_trials_on_ray(plan.trials, parent_id, exp_id, ray_address, max_concurrent)
+        else:
+            results = []
+            for spec in plan.trials:
+                r = run_trial(spec, parent_id, exp_id, dataset=ds, progress=sys.stderr.isatty())
+                results.append(r)
+                click.echo(
+                    f"  {spec.run_name}: test_accuracy {r.metrics.get('test_accuracy', float('nan')):.4f}"
+                    + (" (reused)" if r.reused else f" ({r.seconds:.1f} s)"),
+                    err=True,
+                )
+        run_ids = [r.run_id for r in results]
+        log_json({"run_ids": run_ids, "reused": [r.run_id for r in results if r.reused]}, TRIALS_ARTIFACT)
+        records = [get_run_record(i) for i in run_ids]
+        summary = log_comparison(records, f"study {plan.name}")
+        df = runs_frame(records)
+        text = render(display_frame(summary), f"study {plan.name} ({ds.name}, seeds {plan.seeds})")
+        champion, challenger = select_champion(summary)
+        registered = register(df, summary, ds, registered_model_name, plan.name) if registered_model_name else {}
+        best = summary.iloc[0]
+        log_metrics(
+            {
+                "champion_test_accuracy_mean": best["test_accuracy_mean"],
+                "champion_test_accuracy_std": best["test_accuracy_std"],
+                "trials": len(results),
+                "trials_reused": sum(r.reused for r in results),
+                "study_seconds": time.perf_counter() - t0,
+            }
+        )
+        note = verdict(summary, plan)
+        if registered:
+            note += (
+                f"\n\nRegistered `{registered_model_name}`: champion v{registered['champion']}"
+                + (f", challenger v{registered['challenger']}" if "challenger" in registered else "")
+                + f" (`models:/{registered_model_name}@champion`)."
+            )
+        note += f"\n\n```\n{text}\n```"
+        set_tags(
+            {
+                "champion": champion,
+                "challenger": challenger or "",
+                "mlflow.note.content": note,
+                **({"registered_model": registered_model_name} if registered else {}),
+            }
+        )
+    return {
+        "run_id": parent_id,
+        "experiment_id": exp_id,
+        "summary": summary,
+        "text": text,
+        "verdict": note,
+        "champion": champion,
+        "challenger": challenger,
+        "registered": registered,
+        "trials": [asdict(r) for r in results],
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def default_registered_name(plan: StudyPlan, raw: str) -> str | None:
+    """``auto`` -> ``<dataset>-<study>`` (e.g. cifar100-pooling); ``none``/empty -> no registration."""
+    value = str(raw or "").strip()
+    if value.lower() in ("", "none"):
+        return None
+    if value.lower() == AUTO:
+        return f"{plan.data_cfg.dataset}-{plan.name}"
+    return value

@@ -1,0 +1,629 @@
+"""Entry point ``sweep`` and the Ray executor of studies: trials on Ray Tune, each an MLflow child run.
+
+``sweep`` searches lr / batch size / weight decay for one model with Optuna's TPE sampler and
+stops weak trials early with ASHA on the per-epoch ``val_acc``:
+
+* ``executor="ray"``: Ray Tune (``OptunaSearch`` + ``ASHAScheduler``), local Ray by default
+  (``ray.init()`` on this machine) or an existing cluster (``ray_address``); at most
+  ``max_concurrent`` trials at once, bounded by the CPU count.
+* ``executor="local"``: the same search in this process, one trial after another, with Optuna's
+  ``SuccessiveHalvingPruner`` (the ASHA rule) — what tests use.
+
+Every trial is a child run of the sweep's parent run (``pipelines.study.run_trial``: train +
+evaluate, same metric names as ``main``). Ray workers get the tracking URI, the parent run id and
+the experiment id explicitly (no ``set_experiment``, no active-run inheritance). Workers stopped by
+ASHA may die before they end their run: after the sweep the driver ends any child still RUNNING
+(``early_stopped`` when Ray reported no error, FAILED otherwise), so nothing stays RUNNING.
+
+Validation: sweeps pick hyper-parameters on a stratified holdout of the training set
+(``val_fraction``, default 0.1), never on the test set; test accuracy is reported for the record.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import click
+
+from pipelines.compare import (
+    TRIALS_ARTIFACT,
+    accuracy_curves,
+    log_comparison,
+    quiet_downloads,
+    render,
+)
+from pipelines.config import (
+    AUTO,
+    ConfigError,
+    DataConfig,
+    TrainConfig,
+    as_params,
+    data_config,
+    parse_choice,
+    parse_float,
+    parse_int,
+)
+from pipelines.study import EXECUTORS, Pruned, TrialResult, TrialSpec, make_train_cfg, run_trial
+from tracking import experiment_id_for, tracked_run
+from tracking.artifacts import log_figure, log_json, log_table
+from tracking.runs import (
+    RunRecord,
+    end_run_as,
+    find_runs,
+    get_run_record,
+    log_metrics,
+    log_params,
+    metric_history,
+    set_tags,
+    tracking_uri,
+    use_tracking_uri,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+METRIC = "val_acc"
+# Environment a Ray worker needs from the driver (paths made absolute: workers start elsewhere).
+FORWARDED_ENV = (
+    "PIPELINE_CHECKPOINT_DIR",
+    "PIPELINE_DATA_DIR",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT",
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_TOKEN",
+)
+PATH_ENV = ("PIPELINE_CHECKPOINT_DIR", "PIPELINE_DATA_DIR")
+
+
+# ---- Ray plumbing (shared by studies and sweeps) ----
+
+
+def cpu_count() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+def concurrency(requested: int | None, n_trials: int) -> int:
+    """Trials at once: what was asked (default: one per CPU), never more than the CPUs or the trials."""
+    return max(1, min(requested or cpu_count(), cpu_count(), n_trials))
+
+
+def _absolute_uri(uri: str) -> str:
+    """``sqlite:///rel.db`` and plain paths made absolute, so a worker in another folder finds the store."""
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + str(Path(uri[len("sqlite:///") :]).resolve())
+    if "://" not in uri:
+        return str(Path(uri).resolve())
+    return uri
+
+
+def worker_env() -> dict[str, str]:
+    env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
+    env.setdefault("PIPELINE_CHECKPOINT_DIR", "checkpoints")
+    for k in PATH_ENV:
+        if k in env:
+            env[k] = str(Path(env[k]).resolve())
+    env["MLFLOW_TRACKING_URI"] = _absolute_uri(tracking_uri())
+    env["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    env["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    return env
+
+
+@contextlib.contextmanager
+def ray_runtime(address: str | None = None, num_cpus: int | None = None):
+    """``ray.init`` (local with ``num_cpus`` CPUs, or the cluster at ``address``) and shut down after.
+
+    A Ray already initialised by the caller is used as it is and left running.
+    """
+    import ray
+
+    if ray.is_initialized():
+        yield ray
+        return
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    runtime_env: dict = {"env_vars": worker_env()}
+    kwargs: dict = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
+    if address:
+        # A cluster's workers need the code: ship this checkout (small; data and stores excluded).
+        runtime_env["working_dir"] = str(ROOT)
+        runtime_env["excludes"] = [".git", ".venv", "mlruns", "mlartifacts", "checkpoints", "out", "*.db", "data"]
+        ray.init(address=address, runtime_env=runtime_env, **kwargs)
+    else:
+        ray.init(
+            num_cpus=num_cpus or cpu_count(),
+            object_store_memory=256 * 1024**2,  # trials pass run ids, not tensors
+            runtime_env=runtime_env,
+            **kwargs,
+        )
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def _worker_setup(uri: str, threads: int) -> None:
+    """In a Ray worker: this process's tracking URI and CPU threads; nothing inherited from a driver run."""
+    import torch
+
+    for key in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):
+        os.environ.pop(key, None)
+    use_tracking_uri(uri)
+    torch.set_num_threads(max(1, threads))
+
+
+def _tune_run_config(name: str, storage: str):
+    from ray import tune
+
+    return tune.RunConfig(name=name, storage_path=storage, verbose=0, log_to_file=False)
+
+
+def close_leftovers(parent_id: str, experiment_id: str, failed: set[str], early_stop: bool = True) -> int:
+    """End child runs (and their children) that a stopped Ray worker left RUNNING. Returns how many.
+
+    ``early_stop``: a leftover whose trial Ray reports without error was stopped by the scheduler
+    (ASHA) and ends FINISHED tagged ``early_stopped``; without a scheduler (studies) it ends KILLED.
+    """
+    n = 0
+    for child in find_runs(
+        [experiment_id], f"tags.mlflow.parentRunId = '{parent_id}' and attributes.status = 'RUNNING'"
+    ):
+        for grand in find_runs(
+            [experiment_id], f"tags.mlflow.parentRunId = '{child.run_id}' and attributes.status = 'RUNNING'"
+        ):
+            end_run_as(grand.run_id, "KILLED", {"error": "worker stopped by Ray"})
+        if child.run_id in failed:
+            end_run_as(child.run_id, "FAILED", {"error": "Ray trial failed"})
+        elif not early_stop:
+            end_run_as(child.run_id, "KILLED", {"error": "worker stopped by Ray"})
+        else:
+            history = metric_history(child.run_id, METRIC)
+            epoch = history[-1][0] if history else 0
+            end_run_as(
+                child.run_id, "FINISHED", {"early_stopped": "true", "stopped_by": "ray", "stopped_at_epoch": epoch}
+            )
+        n += 1
+    return n
+
+
+def _study_trainable(config: dict, specs: list[TrialSpec], parent_id: str, experiment_id: str, uri: str, threads: int):
+    from ray import tune
+
+    _worker_setup(uri, threads)
+    r = run_trial(specs[config["index"]], parent_id, experiment_id, progress=False)
+    tune.report(
+        {"trial_run_id": r.run_id, "reused": r.reused, "test_accuracy": r.metrics.get("test_accuracy", float("nan"))}
+    )
+
+
+def run_trials_on_ray(
+    specs: list[TrialSpec],
+    parent_id: str,
+    experiment_id: str,
+    ray_address: str | None = None,
+    max_concurrent: int | None = None,
+) -> list[TrialResult]:
+    """A study's (configuration, seed) trials as a Ray Tune grid; results in the order of ``specs``."""
+    from ray import tune
+
+    workers = concurrency(max_concurrent, len(specs))
+    threads = max(1, cpu_count() // workers)
+    storage = tempfile.mkdtemp(prefix="ray-tune-")
+    try:
+        with ray_runtime(ray_address):
+            trainable = tune.with_resources(
+                tune.with_parameters(
+                    _study_trainable,
+                    specs=specs,
+                    parent_id=parent_id,
+                    experiment_id=experiment_id,
+                    uri=_absolute_uri(tracking_uri()),
+                    threads=threads,
+                ),
+                {"cpu": threads},
+            )
+            tuner = tune.Tuner(
+                trainable,
+                param_space={"index": tune.grid_search(list(range(len(specs))))},
+                tune_config=tune.TuneConfig(max_concurrent_trials=workers),
+                run_config=_tune_run_config("study", storage),
+            )
+            grid = tuner.fit()
+    finally:
+        shutil.rmtree(storage, ignore_errors=True)
+    errors = [r for r in grid if r.error is not None]
+    by_index: dict[int, tuple[str, bool]] = {}
+    for r in grid:
+        if r.error is None and r.metrics and "trial_run_id" in r.metrics:
+            by_index[r.config["index"]] = (r.metrics["trial_run_id"], bool(r.metrics.get("reused")))
+    close_leftovers(parent_id, experiment_id, failed=set(), early_stop=False)
+    if errors or len(by_index) != len(specs):
+        first = str(errors[0].error).splitlines()[0] if errors else "no result"
+        raise RuntimeError(f"{len(specs) - len(by_index)} of {len(specs)} Ray trials failed; first: {first}")
+    out = []
+    for i, spec in enumerate(specs):
+        run_id, reused = by_index[i]
+        rec = get_run_record(run_id)
+        out.append(
+            TrialResult(
+                rec.run_id,
+                spec.label,
+                spec.train_cfg.seed,
+                reused,
+                False,
+                int(rec.metrics.get("epochs_done", 0)),
+                rec.metrics,
+                0.0,
+            )
+        )
+    return out
+
+
+# ---- the sweep ----
+
+
+@dataclass
+class SweepPlan:
+    name: str
+    data_cfg: DataConfig
+    base_cfg: TrainConfig  # epochs resolved; lr / batch_size / weight_decay come from the search
+    epochs: int
+    lr: tuple[float, float]  # log-uniform range; equal ends = fixed
+    batch_sizes: tuple[int, ...]
+    weight_decay: tuple[float, float]  # log-uniform range; (0, 0) = fixed 0
+    num_samples: int
+    seed: int  # sampler seed and the trials' training seed
+    grace_period: int  # ASHA: epochs every trial gets before it can be stopped
+    reduction_factor: int  # ASHA: keep 1/rf of the trials at each rung
+    val_fraction: float
+
+    def params(self) -> dict[str, str]:
+        """Resolved values under ``sweep.*``: ``mlflow run`` logged the raw MLproject ones under the plain names."""
+        out = {
+            **as_params(self.data_cfg),
+            "model": self.base_cfg.model,
+            "pooling": self.base_cfg.pooling,
+            "epochs": str(self.epochs),
+            "lr_range": f"{self.lr[0]:g},{self.lr[1]:g}",
+            "batch_sizes": ",".join(map(str, self.batch_sizes)),
+            "weight_decay_range": f"{self.weight_decay[0]:g},{self.weight_decay[1]:g}",
+            "num_samples": str(self.num_samples),
+            "seed": str(self.seed),
+            "search": "optuna-tpe",
+            "scheduler": f"asha(grace_period={self.grace_period},reduction_factor={self.reduction_factor})",
+            "metric": f"{METRIC} (max) on a {self.val_fraction:g} holdout of train",
+            "val_fraction": str(self.val_fraction),
+            "device": self.base_cfg.device,
+        }
+        return {f"sweep.{k}": v for k, v in out.items()}
+
+
+def _parse_range(name: str, raw, allow_zero: bool = False) -> tuple[float, float]:
+    parts = [p for p in str(raw).replace(" ", "").split(",") if p]
+    if len(parts) not in (1, 2):
+        raise ConfigError(f"{name} must be 'low,high' (log-uniform) or one value; got {raw!r}")
+    lo, hi = (parse_float(name, p, positive=not allow_zero) for p in (parts[0], parts[-1]))
+    if lo > hi:
+        raise ConfigError(f"{name} must be 'low,high' with low <= high; got {raw!r}")
+    if lo == 0 and hi > 0:
+        raise ConfigError(f"{name}: a log-uniform range cannot start at 0; use e.g. 1e-6,{hi:g} or just 0")
+    return lo, hi
+
+
+def plan_sweep(
+    dataset: str = "digits",
+    data_dir: str = "",
+    classes: str = "default",
+    model: str = "pooling_cnn",
+    pooling: str = "max",
+    epochs=AUTO,
+    optimizer=AUTO,
+    lr="1e-4,1e-1",
+    batch_sizes="32,64,128",
+    weight_decay="1e-6,1e-2",
+    num_samples=8,
+    seed=0,
+    grace_period=1,
+    reduction_factor=2,
+    val_fraction="0.1",
+    device=AUTO,
+    precision=AUTO,
+    name: str = "",
+) -> SweepPlan:
+    """Check every sweep parameter before any run exists."""
+    data_cfg = data_config(dataset, data_dir, classes)
+    if data_cfg.data_dir:
+        data_cfg = replace(data_cfg, data_dir=str(Path(data_cfg.data_dir).resolve()))
+    seed_v = parse_int("seed", seed, minimum=0)
+    base = make_train_cfg(
+        model, pooling=pooling, epochs=epochs, optimizer=optimizer, seed=seed_v, device=device, precision=precision
+    )
+    n_epochs = base.recipe()["epochs"]
+    bs = tuple(parse_int("batch_sizes", p) for p in str(batch_sizes).replace(" ", "").split(",") if p)
+    if not bs:
+        raise ConfigError(f"batch_sizes must be comma-separated integers >= 1; got {batch_sizes!r}")
+    vf = parse_float("val_fraction", val_fraction, positive=False)
+    if not vf < 0.9:
+        raise ConfigError(f"val_fraction must be in [0, 0.9); got {val_fraction!r}")
+    grace = parse_int("grace_period", grace_period)
+    if grace > n_epochs:
+        raise ConfigError(f"grace_period must be <= epochs ({n_epochs}); got {grace_period!r}")
+    return SweepPlan(
+        name=name or f"sweep-{model}",
+        data_cfg=data_cfg,
+        base_cfg=replace(base, epochs=n_epochs, eval_every=1),
+        epochs=n_epochs,
+        lr=_parse_range("lr", lr),
+        batch_sizes=bs,
+        weight_decay=_parse_range("weight_decay", weight_decay, allow_zero=True),
+        num_samples=parse_int("num_samples", num_samples),
+        seed=seed_v,
+        grace_period=grace,
+        reduction_factor=parse_int("reduction_factor", reduction_factor, minimum=2),
+        val_fraction=vf,
+    )
+
+
+def point_spec(plan: SweepPlan, point: dict, trial: str) -> TrialSpec:
+    """The trial for one sampled point (values rounded to 4 significant digits: tidy, re-runnable)."""
+    lr = float(f"{float(point['lr']):.4g}")
+    wd = float(f"{float(point['weight_decay']):.4g}")
+    bs = int(point["batch_size"])
+    cfg = replace(plan.base_cfg, lr=lr, batch_size=bs, weight_decay=wd)
+    label = f"lr={lr:.3g} bs={bs} wd={wd:.2g}"
+    return TrialSpec(
+        label, f"trial-{trial}", plan.data_cfg, cfg, {"sweep": plan.name, "trial": trial}, plan.val_fraction
+    )
+
+
+def _optuna_space(plan: SweepPlan) -> dict:
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    space: dict = {"batch_size": CategoricalDistribution(list(plan.batch_sizes))}
+    for key, (lo, hi) in (("lr", plan.lr), ("weight_decay", plan.weight_decay)):
+        space[key] = FloatDistribution(lo, hi, log=True) if hi > lo else None
+    return space
+
+
+def _fixed(plan: SweepPlan) -> dict:
+    return {k: lo for k, (lo, hi) in (("lr", plan.lr), ("weight_decay", plan.weight_decay)) if lo == hi}
+
+
+def _sweep_local(plan: SweepPlan, parent_id: str, experiment_id: str) -> list[str]:
+    """Optuna ask/tell in this process; SuccessiveHalvingPruner is ASHA's rule applied serially."""
+    import optuna
+
+    from pipelines import prep
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(
+        direction="maximize",
+        sampler=optuna.samplers.TPESampler(seed=plan.seed),
+        pruner=optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=plan.grace_period, reduction_factor=plan.reduction_factor
+        ),
+    )
+    space = {k: d for k, d in _optuna_space(plan).items() if d is not None}
+    ds = prep.load(plan.data_cfg)
+    run_ids = []
+    for i in range(plan.num_samples):
+        trial = study.ask(space)
+        spec = point_spec(plan, {**_fixed(plan), **trial.params}, f"{i:03d}")
+
+        def on_epoch(_rid, epoch, metrics, trial=trial):
+            trial.report(metrics[METRIC], epoch)
+            if epoch < plan.epochs and trial.should_prune():
+                raise Pruned(epoch)
+
+        r = run_trial(spec, parent_id, experiment_id, dataset=ds, on_epoch=on_epoch, progress=False)
+        run_ids.append(r.run_id)
+        if r.pruned:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        else:
+            study.tell(trial, r.metrics.get(METRIC, r.metrics.get("test_accuracy")))
+        click.echo(
+            f"  {spec.run_name} {spec.label}: "
+            + (
+                f"pruned at epoch {r.epochs_done}"
+                if r.pruned
+                else (
+                    f"val_acc {r.metrics.get(METRIC, float('nan')):.4f}, test_accuracy {r.metrics['test_accuracy']:.4f}"
+                )
+            ),
+            err=True,
+        )
+    return run_ids
+
+
+def _sweep_trainable(config: dict, plan: SweepPlan, parent_id: str, experiment_id: str, uri: str, threads: int):
+    from ray import tune
+
+    _worker_setup(uri, threads)
+    trial = tune.get_context().get_trial_id()
+    spec = point_spec(plan, config, trial)
+
+    def on_epoch(rid, epoch, metrics):
+        if epoch >= plan.epochs:
+            return  # the last epoch is reported after evaluation, outside the run (see below)
+        try:
+            tune.report({METRIC: metrics[METRIC], "epoch": epoch, "trial_run_id": rid})
+        except SystemExit:  # Tune stops a trial by exiting its thread inside report(): ASHA pruned it
+            raise Pruned(epoch) from None
+
+    r = run_trial(spec, parent_id, experiment_id, on_epoch=on_epoch, progress=False)
+    if not r.pruned:
+        # Outside the MLflow run: if Tune stops the trial now, nothing is left half-closed.
+        tune.report(
+            {
+                METRIC: r.metrics.get(METRIC, r.metrics.get("test_accuracy")),
+                "epoch": plan.epochs,
+                "trial_run_id": r.run_id,
+                "test_accuracy": r.metrics.get("test_accuracy"),
+            }
+        )
+
+
+def _sweep_ray(plan: SweepPlan, parent_id: str, experiment_id: str, ray_address, max_concurrent) -> list[str]:
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    workers = concurrency(max_concurrent, plan.num_samples)
+    threads = max(1, cpu_count() // workers)
+    space: dict = {"batch_size": tune.choice(list(plan.batch_sizes))}
+    for key, (lo, hi) in (("lr", plan.lr), ("weight_decay", plan.weight_decay)):
+        space[key] = tune.loguniform(lo, hi) if hi > lo else lo
+    storage = tempfile.mkdtemp(prefix="ray-tune-")
+    try:
+        with ray_runtime(ray_address):
+            trainable = tune.with_resources(
+                tune.with_parameters(
+                    _sweep_trainable,
+                    plan=plan,
+                    parent_id=parent_id,
+                    experiment_id=experiment_id,
+                    uri=_absolute_uri(tracking_uri()),
+                    threads=threads,
+                ),
+                {"cpu": threads},
+            )
+            tuner = tune.Tuner(
+                trainable,
+                param_space=space,
+                tune_config=tune.TuneConfig(
+                    metric=METRIC,
+                    mode="max",
+                    search_alg=OptunaSearch(seed=plan.seed),
+                    scheduler=ASHAScheduler(
+                        time_attr="training_iteration",  # one report per epoch
+                        max_t=plan.epochs,
+                        grace_period=plan.grace_period,
+                        reduction_factor=plan.reduction_factor,
+                    ),
+                    num_samples=plan.num_samples,
+                    max_concurrent_trials=workers,
+                ),
+                run_config=_tune_run_config("sweep", storage),
+            )
+            grid = tuner.fit()
+    finally:
+        shutil.rmtree(storage, ignore_errors=True)
+    failed = {r.metrics.get("trial_run_id") for r in grid if r.error is not None and r.metrics}
+    closed = close_leftovers(parent_id, experiment_id, failed)
+    log_metrics({"trials_closed_by_driver": closed})
+    ids = [r.metrics["trial_run_id"] for r in grid if r.metrics and r.metrics.get("trial_run_id")]
+    errors = [r for r in grid if r.error is not None]
+    if errors and len(errors) == len(list(grid)):
+        raise RuntimeError(f"all {len(errors)} Ray trials failed; first: {str(errors[0].error).splitlines()[0]}")
+    return ids
+
+
+def trials_frame(records: list[RunRecord]):
+    import pandas as pd
+
+    rows = []
+    for r in records:
+        pruned = r.tags.get("early_stopped") == "true"
+        rows.append(
+            {
+                "trial": r.tags.get("trial", ""),
+                "config": r.tags.get("config", r.name),
+                "lr": float(r.params.get("lr", "nan")),
+                "batch_size": int(r.params.get("batch_size", 0)),
+                "weight_decay": float(r.params.get("weight_decay", "nan")),
+                "epochs_done": int(r.metrics.get("epochs_done", r.tags.get("stopped_at_epoch", 0))),
+                "pruned": pruned,
+                "val_acc": r.metrics.get("final_val_acc", r.metrics.get(METRIC, float("nan"))),
+                "test_accuracy": r.metrics.get("test_accuracy", float("nan")),
+                "train_seconds": r.metrics.get("train_seconds", float("nan")),
+                "run_id": r.run_id,
+            }
+        )
+    df = pd.DataFrame(rows)
+    if len(df):
+        df = df.sort_values(["pruned", "val_acc", "train_seconds"], ascending=[True, False, True], kind="stable")
+    return df.reset_index(drop=True)
+
+
+def _display(df):
+    out = df.drop(columns=["run_id"]).copy()
+    for col, fmt in (("val_acc", "{:.4f}"), ("test_accuracy", "{:.4f}"), ("train_seconds", "{:.1f}"), ("lr", "{:.4g}")):
+        out[col] = [("—" if v != v else fmt.format(v)) for v in out[col]]
+    out["weight_decay"] = [f"{v:.3g}" for v in out["weight_decay"]]
+    out["pruned"] = ["yes" if v else "" for v in out["pruned"]]
+    return out
+
+
+def run_sweep(
+    plan: SweepPlan,
+    experiment: str | None = None,
+    executor: str = "local",
+    ray_address: str | None = None,
+    max_concurrent: int | None = None,
+) -> dict:
+    """Run a sweep as one parent run with a child per trial; returns the trials table and the best trial."""
+    executor = parse_choice("executor", executor, EXECUTORS)
+    quiet_downloads()
+    from pipelines import prep
+
+    ds = prep.load(plan.data_cfg)  # bad data fails before any run
+    exp_id = experiment_id_for(experiment or plan.name)
+    t0 = time.perf_counter()
+    with tracked_run(plan.name, exp_id) as parent_id:
+        log_params(plan.params())
+        set_tags({"step": "sweep", "sweep": plan.name, "executor": executor, "dataset": ds.name})
+        if executor == "ray":
+            ids = _sweep_ray(plan, parent_id, exp_id, ray_address, max_concurrent)
+        else:
+            ids = _sweep_local(plan, parent_id, exp_id)
+        # Trials reported to Ray plus any child under this parent (a trial pruned before its first report).
+        children = find_runs([exp_id], f"tags.mlflow.parentRunId = '{parent_id}' and tags.step = 'trial'")
+        ids = list(dict.fromkeys([*ids, *(c.run_id for c in children)]))
+        records = [r for r in (get_run_record(i) for i in ids) if r is not None and r.status == "FINISHED"]
+        df = trials_frame(records)
+        text = render(_display(df), f"{plan.name}: {len(df)} trials ({executor})")
+        log_table(df, "sweep/trials")
+        log_json({"run_ids": [r.run_id for r in records if "test_accuracy" in r.metrics]}, TRIALS_ARTIFACT)
+        if records:
+            log_figure(accuracy_curves(records, title=f"{plan.name}: {METRIC} per epoch"), "figures/trial_curves.png")
+        complete = [r for r in records if "test_accuracy" in r.metrics and r.tags.get("early_stopped") != "true"]
+        if complete:
+            log_comparison(complete, plan.name)
+        best = df[~df["pruned"]].iloc[0] if len(df) and (~df["pruned"]).any() else None
+        n_pruned = int(df["pruned"].sum()) if len(df) else 0
+        log_metrics({"trials": len(df), "trials_pruned": n_pruned, "sweep_seconds": time.perf_counter() - t0})
+        note = [
+            f"Sweep of {plan.base_cfg.model} on {ds.name}: {len(df)} trials, {n_pruned} stopped early by ASHA "
+            f"({executor}). Search: Optuna TPE over lr {plan.lr}, batch size {list(plan.batch_sizes)}, weight decay "
+            f"{plan.weight_decay}; objective {METRIC} on a {plan.val_fraction:g} holdout of train."
+        ]
+        if best is not None:
+            log_metrics({"best_val_acc": best["val_acc"], "best_test_accuracy": best["test_accuracy"]})
+            set_tags(
+                {
+                    "best_run_id": best["run_id"],
+                    "best_lr": f"{best['lr']:g}",
+                    "best_batch_size": str(best["batch_size"]),
+                    "best_weight_decay": f"{best['weight_decay']:g}",
+                }
+            )
+            note.append(
+                f"Best (highest {METRIC}; ties -> faster): {best['config']} -> {METRIC} {best['val_acc']:.4f}, "
+                f"test accuracy {best['test_accuracy']:.4f} (run {best['run_id']})."
+            )
+        note.append(f"```\n{text}\n```")
+        set_tags({"mlflow.note.content": "\n\n".join(note)})
+    return {
+        "run_id": parent_id,
+        "experiment_id": exp_id,
+        "trials": df,
+        "best": None if best is None else best.to_dict(),
+        "text": text,
+        "seconds": time.perf_counter() - t0,
+    }

@@ -1,0 +1,249 @@
+"""Issue 9: U-Net shapes, generated data, the PNG folder format, IoU/Dice, and ``segment`` end to end."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from models import count_params, create_model, model_info
+from pipelines.config import ConfigError
+from pipelines.data import DataError
+from pipelines.data import segmentation as segdata
+from pipelines.segment import (
+    confusion,
+    dice_loss,
+    predict_mask,
+    seg_loss,
+    segment_config,
+    segmentation_scores,
+)
+
+TINY = {"n_train": 12, "n_test": 4, "size": (24, 20), "max_digits": 2, "seed": 3}
+
+
+# ---------------------------------------------------------------- model
+
+
+def test_unet_is_registered_for_segdigits():
+    info = model_info("unet_small")
+    assert info.dataset == "segdigits" and set(info.options) == {"base", "depth"}
+    assert info.recipe["optimizer"] == "adam"
+    assert count_params(create_model("unet_small")) == 357_985  # breakdown in the builder's docstring
+
+
+@pytest.mark.parametrize(("h", "w", "classes"), [(21, 19, 1), (45, 47, 11), (16, 17, 11), (33, 32, 1)])
+def test_unet_output_shape_for_odd_sizes(h, w, classes):
+    torch.manual_seed(0)
+    model = create_model("unet_small", num_classes=classes, in_shape=(h, w, 1), mean=(0.1,), std=(0.2,), base=4)
+    x = torch.rand(2, h, w, 1) * 255
+    out = model(x)
+    assert out.shape == (2, classes, h, w)
+    assert torch.isfinite(out).all()
+    out.square().mean().backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, f"{name} gets no gradient"
+
+
+def test_unet_rejects_inputs_smaller_than_its_depth():
+    with pytest.raises(ValueError, match="at least 16 px"):
+        create_model("unet_small", in_shape=(12, 40, 1), depth=4)
+
+
+# ---------------------------------------------------------------- generated data
+
+
+def test_generated_data_is_deterministic_and_well_formed():
+    a = segdata.generate(**TINY)
+    b = segdata.generate(**TINY)
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
+    c = segdata.generate(**{**TINY, "seed": 4})
+    assert not np.array_equal(a["x_train"], c["x_train"])
+    assert a["x_train"].shape == (12, 24, 20, 1) and a["x_train"].dtype == np.uint8
+    assert a["y_train"].shape == (12, 24, 20) and a["y_test"].shape == (4, 24, 20)
+    assert a["y_train"].max() <= 10
+    assert all(m.any() for m in a["y_train"]), "every canvas shows a digit"
+    fg = a["y_train"] > 0  # digit pixels are brighter than the background on average
+    assert a["x_train"][..., 0][fg].mean() > a["x_train"][..., 0][~fg].mean() + 60
+
+
+def test_generated_data_is_cached_and_tasks_share_canvases(monkeypatch):
+    multi = segdata.load_generated("multiclass", **TINY)
+    path = segdata.cache_path(TINY["n_train"], TINY["n_test"], TINY["size"], TINY["max_digits"], TINY["seed"])
+    assert path.exists() and path.suffix == ".npz"
+    monkeypatch.setattr(segdata, "generate", lambda *a, **k: pytest.fail("cache not used"))
+    binary = segdata.load_generated("binary", **TINY)
+    np.testing.assert_array_equal(binary.x_train, multi.x_train)
+    np.testing.assert_array_equal(binary.y_test, multi.y_test > 0)
+    assert binary.class_names == ["background", "digit"] and binary.out_channels == 1
+    assert multi.num_classes == multi.out_channels == 11
+    assert binary.fingerprint() != multi.fingerprint()
+
+
+# ---------------------------------------------------------------- folder format
+
+
+def test_folder_round_trip(tmp_path):
+    ds = segdata.load_generated("multiclass", **TINY)
+    segdata.write_folder(ds, tmp_path / "set")
+    back = segdata.load_folder(tmp_path / "set", "multiclass")
+    np.testing.assert_array_equal(back.x_train, ds.x_train)
+    np.testing.assert_array_equal(back.y_train, ds.y_train)
+    np.testing.assert_array_equal(back.y_test, ds.y_test)
+    assert back.class_names == ds.class_names and back.mean == pytest.approx(ds.mean)
+    binary = segdata.load_folder(tmp_path / "set", "binary")
+    np.testing.assert_array_equal(binary.y_train, ds.y_train > 0)
+
+
+def test_unsplit_rgb_folder_with_0_255_masks(tmp_path):
+    rng = np.random.default_rng(0)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    for i in range(10):
+        Image.fromarray(rng.integers(0, 256, (9, 11, 3), dtype=np.uint8)).save(tmp_path / "images" / f"p{i}.png")
+        Image.fromarray(((rng.random((9, 11)) > 0.5) * 255).astype(np.uint8)).save(tmp_path / "masks" / f"p{i}.png")
+    ds = segdata.load_folder(tmp_path, "binary", seed=1)
+    assert ds.x_train.shape == (8, 9, 11, 3) and ds.x_test.shape == (2, 9, 11, 3)
+    assert set(np.unique(ds.y_train)) == {0, 1}
+    again = segdata.load_folder(tmp_path, "binary", seed=1)
+    np.testing.assert_array_equal(again.x_test, ds.x_test)
+
+    (tmp_path / "masks" / "p3.png").unlink()
+    with pytest.raises(DataError, match="no mask for 1 image"):
+        segdata.load_folder(tmp_path, "binary")
+    Image.fromarray(np.zeros((5, 5), np.uint8)).save(tmp_path / "masks" / "p3.png")
+    with pytest.raises(DataError, match="p3.png: image is 11x9 but its mask 5x5"):
+        segdata.load_folder(tmp_path, "binary")
+    with pytest.raises(DataError, match="expected folders images/ and masks/"):
+        segdata.load_folder(tmp_path / "images", "binary")
+
+
+# ---------------------------------------------------------------- metrics and losses
+
+
+def test_iou_dice_pixel_accuracy_by_hand():
+    true = torch.tensor([[[0, 1], [1, 1]]])
+    pred = torch.tensor([[[0, 1], [0, 1]]])
+    cm = confusion(pred, true, 3).numpy()
+    np.testing.assert_array_equal(cm, [[1, 0, 0], [1, 2, 0], [0, 0, 0]])
+    s = segmentation_scores(cm)
+    # class 0: TP 1, FP 1, FN 0 -> IoU 1/2, Dice 2/3; class 1: TP 2, FP 0, FN 1 -> IoU 2/3, Dice 4/5
+    np.testing.assert_allclose(s["iou"][:2], [1 / 2, 2 / 3])
+    np.testing.assert_allclose(s["dice"][:2], [2 / 3, 4 / 5])
+    assert math.isnan(s["iou"][2]) and math.isnan(s["dice"][2])  # class 2 absent everywhere: undefined
+    assert s["pixel_acc"] == pytest.approx(3 / 4)
+    assert s["miou"] == pytest.approx((1 / 2 + 2 / 3) / 2) and s["miou_fg"] == pytest.approx(2 / 3)
+    assert s["mdice"] == pytest.approx((2 / 3 + 4 / 5) / 2)
+
+    perfect = segmentation_scores(confusion(true, true, 2).numpy())
+    assert perfect["miou"] == perfect["mdice"] == perfect["pixel_acc"] == 1.0
+    disjoint = segmentation_scores(confusion(1 - true, true, 2).numpy())
+    assert disjoint["miou"] == disjoint["pixel_acc"] == 0.0
+
+
+def test_losses_and_mask_decoding():
+    target = torch.tensor([[[0, 1], [1, 0]]])
+    assert dice_loss(target.float(), target.float()) == pytest.approx(0.0)
+    assert dice_loss(1 - target.float(), target.float()) > 0.7
+    sure = (target.float() * 2 - 1)[:, None] * 20  # logit +-20: right with certainty
+    assert seg_loss(sure, target, "binary") < 1e-3
+    assert torch.equal(predict_mask(sure, "binary"), target)
+    logits = torch.nn.functional.one_hot(target, 3).permute(0, 3, 1, 2).float() * 20
+    assert seg_loss(logits, target, "multiclass") < 1e-3
+    assert torch.equal(predict_mask(logits, "multiclass"), target)
+
+
+# ---------------------------------------------------------------- config and CLI
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"task": "panoptic"}, "task must be one of binary, multiclass; got 'panoptic'"),
+        ({"size": "8"}, "size must be N or HxW"),
+        ({"size": "16", "depth": "5"}, "depth 5 needs a size of at least 32 px"),
+        ({"epochs": "two"}, "epochs must be an integer"),
+        ({"model": "cnn_seed"}, "model must be one of unet_small"),
+        ({"precision": "fp16", "device": "cpu"}, "fp16 needs CUDA"),
+        ({"colour": "red"}, "unknown segment parameter"),
+    ],
+)
+def test_bad_parameters_fail_with_one_line(kw, message):
+    with pytest.raises(ConfigError, match=message):
+        segment_config(**kw)
+
+
+def test_config_defaults_and_recipe():
+    cfg = segment_config(size="45x47", lr="3e-3")
+    assert cfg.size == (45, 47) and cfg.task == "binary"
+    recipe = cfg.recipe()
+    assert recipe["lr"] == 3e-3 and recipe["optimizer"] == "adam" and recipe["augment"] is False
+    assert cfg.raw["lr"] == "3e-3"  # logged as given (mlflow run's spelling)
+
+
+def test_cli_rejects_bad_task_before_any_run(tracking):
+    from click.testing import CliRunner
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.__main__ import cli
+
+    def count_runs() -> int:
+        client = MlflowClient()
+        return len(client.search_runs([e.experiment_id for e in client.search_experiments()]))
+
+    before = count_runs()
+    result = CliRunner().invoke(cli, ["segment", "--task", "instance"])
+    assert result.exit_code == 2
+    assert "task must be one of binary, multiclass" in result.output
+    assert count_runs() == before
+
+
+# ---------------------------------------------------------------- end to end
+
+
+@pytest.mark.e2e
+def test_segment_end_to_end(tracking, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from pipelines import segment
+    from pipelines.train import load_trained
+
+    cfg = segment_config(
+        task="multiclass",
+        n_train=24,
+        n_test=6,
+        size="21x19",  # odd sizes all the way through the U-Net and the ONNX export
+        base=4,
+        depth=2,
+        epochs=2,
+        batch_size=8,
+        registered_model_name="seg-test-multiclass",
+    )
+    result = segment.run(cfg, experiment="segment-tests", progress=False)
+    client = MlflowClient()
+    run = client.get_run(result["run_id"])
+    assert run.info.status == "FINISHED"
+    m = run.data.metrics
+    for key in ("test_miou", "test_mdice", "test_pixel_acc", "train_miou", "test_iou_class_0", "test_dice_class_0"):
+        assert key in m and 0.0 <= m[key] <= 1.0, key
+    assert m["onnx_max_abs_diff"] < 1e-4 and m["onnx_parity_batch"] == 6  # batch 6: export saw batch 2
+    assert [h.step for h in client.get_metric_history(run.info.run_id, "val_miou")] == [1, 2]
+    assert run.data.params["task"] == "multiclass" and run.data.params["data.in_shape"] == "21x19x1"
+    assert run.data.tags["step"] == "segment" and result["registered_model"] == "seg-test-multiclass"
+    artifacts = {f.path for d in ("figures", "reports", "model") for f in client.list_artifacts(run.info.run_id, d)}
+    assert {
+        "figures/predictions_test.png",
+        "figures/learning_curves.png",
+        "reports/segmentation_report_test.json",
+        "reports/segmentation_report_test.csv",
+        "model/state_dict.pt",
+        "model/model_config.json",
+    } <= artifacts
+    model, config = load_trained(run.info.run_id)  # weights_only reload through the train step's helper
+    assert config["task"] == "multiclass" and config["num_classes"] == 11
+    x = torch.from_numpy(segment.load_data(cfg).x_test[:2]).float()
+    assert model(x).shape == (2, 11, 21, 19)
