@@ -12,7 +12,7 @@ import sys
 
 import click
 
-from pipelines.config import AUTO, ConfigError, data_config, export_config, train_config
+from pipelines.config import AUTO, ConfigError, data_config, export_config, train_config_from
 from pipelines.data import DataError
 
 USER_ERRORS = (ConfigError, DataError)
@@ -110,27 +110,6 @@ def export_options(fn):
 experiment_option = click.option("--experiment", default="", help="Experiment name (ignored under `mlflow run`).")
 
 
-def _train_cfg(kw: dict):
-    keys = (
-        "model",
-        "pooling",
-        "epochs",
-        "batch_size",
-        "lr",
-        "momentum",
-        "weight_decay",
-        "optimizer",
-        "lr_schedule",
-        "augment",
-        "seed",
-        "device",
-        "precision",
-        "eval_every",
-        "checkpoint_every",
-    )
-    return train_config(*(kw[k] for k in keys))
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 def cli():
     """Reproducible CNN experiments on MLflow. Tracking URI: $MLFLOW_TRACKING_URI (default sqlite:///mlflow.db)."""
@@ -166,7 +145,7 @@ def train(dataset, data_dir, classes, experiment, resume_run_id, **kw):
             raise ConfigError(f"run {resume_run_id} is FINISHED: nothing to resume (start a new run)")
         data_cfg, cfg = step.configs_from_run(resume_run_id)
     else:
-        data_cfg, cfg = data_config(dataset, data_dir, classes), _train_cfg(kw)
+        data_cfg, cfg = data_config(dataset, data_dir, classes), train_config_from(kw)
     result = step.run(data_cfg, cfg, experiment=experiment or None, resume_run_id=resume_run_id or None)
     last = result.state.history[-1]
     click.echo(
@@ -228,7 +207,7 @@ def main(dataset, data_dir, classes, registered_model_name, parity_tol, experime
 
     result = step.run(
         data_config(dataset, data_dir, classes),
-        _train_cfg(kw),
+        train_config_from(kw),
         export_config(registered_model_name, parity_tol),
         experiment=experiment or None,
     )
@@ -609,7 +588,7 @@ def gradients(dataset, data_dir, classes, source, experiment, **kw):
         if str(kw["epochs"]).strip().lower() != AUTO:
             cfg.epochs = parse_int("epochs", kw["epochs"])
     else:
-        data_cfg, cfg = data_config(dataset, data_dir, classes), _train_cfg(kw)
+        data_cfg, cfg = data_config(dataset, data_dir, classes), train_config_from(kw)
     rid, flags = runs.gradients(data_cfg, cfg, source or None, experiment or None)
     click.echo(f"gradients run {rid}: " + "; ".join(f"{k} {','.join(v) or 'none'}" for k, v in flags.items()))
 

@@ -176,6 +176,18 @@ def data_config(dataset, data_dir, classes) -> DataConfig:
     return DataConfig(name, str(data_dir) if data_dir not in (None, "", "none") else None, parse_classes(classes, name))
 
 
+# The raw train parameters in train_config's order (CLI options, MLproject params, logged params).
+TRAIN_PARAMS = (
+    "model", "pooling", "epochs", "batch_size", "lr", "momentum", "weight_decay", "optimizer", "lr_schedule",
+    "augment", "seed", "device", "precision", "eval_every", "checkpoint_every",
+)  # fmt: skip
+
+
+def train_config_from(raw: dict) -> TrainConfig:
+    """``train_config`` from a mapping of raw values (click kwargs, a run's logged params)."""
+    return train_config(*(raw.get(k) for k in TRAIN_PARAMS))
+
+
 def train_config(
     model,
     pooling,

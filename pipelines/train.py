@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from models import count_params, create_model
-from pipelines.config import DataConfig, TrainConfig, as_params, data_config, train_config
+from pipelines.config import DataConfig, TrainConfig, as_params, data_config, train_config_from
 from pipelines.data import Dataset
 from pipelines.device import pick_device, pick_precision
 from pipelines.prep import load
@@ -98,28 +98,7 @@ def configs_from_run(run_id: str) -> tuple[DataConfig, TrainConfig]:
 
         raise TrackingError(f"run {run_id} has no train parameters (dataset, model, ...): it cannot be resumed")
     data = data_config(p["dataset"], p.get("data_dir"), p.get("classes"))
-    train = train_config(
-        *(
-            p.get(k)
-            for k in (
-                "model",
-                "pooling",
-                "epochs",
-                "batch_size",
-                "lr",
-                "momentum",
-                "weight_decay",
-                "optimizer",
-                "lr_schedule",
-                "augment",
-                "seed",
-                "device",
-                "precision",
-                "eval_every",
-                "checkpoint_every",
-            )
-        )
-    )
+    train = train_config_from(p)
     return data, train
 
 
