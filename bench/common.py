@@ -33,6 +33,7 @@ from pipelines import trainer  # noqa: E402
 from pipelines.data import Dataset, load_dataset  # noqa: E402
 from pipelines.data.cifar100 import DEFAULT_CLASSES, write_synthetic  # noqa: E402
 from pipelines.device import cpu_has_native_bf16  # noqa: E402
+from tracking.env import cpu_name  # noqa: E402
 
 RESULTS_DIR = ROOT / "bench" / "results"
 MODEL = "pooling_cnn"
@@ -191,19 +192,9 @@ def run_fit(
 # ---------------------------------------------------------------- machine
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine_info() -> dict:
     info = {
-        "cpu_model": cpu_model(),
+        "cpu_model": cpu_name(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_native_bf16": cpu_has_native_bf16(),
         "cpu_count": os.cpu_count(),
