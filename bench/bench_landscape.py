@@ -121,7 +121,12 @@ def main() -> None:
     ap.add_argument("--mode", choices=MODES, default="seed")
     ap.add_argument("--method", choices=METHODS, default="auto")
     ap.add_argument("--chunk", type=int, default=None, help="grid points per forward pass (default: the library's)")
-    ap.add_argument("--blocks", type=int, default=10, help="interleave fast / seed-style timing in this many blocks")
+    ap.add_argument(
+        "--blocks",
+        type=int,
+        default=None,
+        help="interleave fast / seed-style timing in this many blocks (default: 1 seed point each)",
+    )
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--progress", action="store_true", help="tqdm bar for the fast path")
     ap.add_argument("--json", help="also write the results to this file")
@@ -168,26 +173,16 @@ def main() -> None:
         seed_model = copy.deepcopy(model)
         # Interleave: a block of grid rows on the fast path, then a share of the seed-style points, so
         # both see the same load from other processes on this shared machine.
-        row_blocks = np.array_split(np.arange(axis.size), max(1, min(args.blocks, axis.size)))
+        blocks = args.blocks or len(points)
+        row_blocks = np.array_split(np.arange(axis.size), max(1, min(blocks, axis.size, len(points))))
         point_blocks = np.array_split(np.arange(len(points)), len(row_blocks))
         z = np.empty((axis.size, axis.size))
         z_seed = np.empty(len(points))
         fast_total = seed_total = 0.0
+        fast_kw = {"chunk": args.chunk, "progress": args.progress, "method": args.method}
         for rows, pts in zip(row_blocks, point_blocks, strict=True):
             t = time.perf_counter()
-            z[rows] = loss_grid(
-                model,
-                x_test,
-                data.y_test,
-                axis[rows],
-                axis,
-                d1,
-                d2,
-                args.mode,
-                chunk=args.chunk,
-                progress=args.progress,
-                method=args.method,
-            )
+            z[rows] = loss_grid(model, x_test, data.y_test, axis[rows], axis, d1, d2, args.mode, **fast_kw)
             fast_total += time.perf_counter() - t
             t = time.perf_counter()
             z_seed[pts] = seed_style_grid_points(
