@@ -61,8 +61,8 @@ MODES: tuple[str, ...] = ("seed", "li")
 METHODS: tuple[str, ...] = ("auto", "grouped", "vmap")
 
 # Largest activation (K points × images × elements × bytes) per forward pass, and the default chunk.
-# CPU: one point per pass measured as fast as 4 and faster than 8-16 (the convs of 300 images are
-# already compute-bound), and a 6 MiB budget beat 0.5-2 MiB (bench/bench_landscape.py, 2-core AVX2).
+# CPU (2-core AVX2, 300 images): one point per pass measured as fast as 4 and faster than 8-16 (the
+# convs are already compute-bound); a 6 MiB budget was as fast as 12-40 MiB and faster than 0.5-2 MiB.
 _ACT_BUDGET = {"cpu": 6 << 20, "cuda": 1 << 30}
 _CHUNK = {"cpu": 1, "cuda": 64}
 _HOIST_BUDGET = 1 << 30  # first-layer outputs for θ, d1, d2 over the whole test set, at most this many bytes
