@@ -205,18 +205,9 @@ def main(argv=None) -> dict:
         f"{args.epochs * args.repeats} timed epochs per point after {args.warmup} warm-up."
     )
     text = "\n".join([header, *md, "", f"Reproduce: `{command_line()}`"])
-    payload = {
-        "command": command_line(),
-        "args": vars(args),
-        "machine": info,
-        "precision": precision,
-        "peak_gemm_gflops": peak_all,
-        "results": results,
-    }
-    js, mdp = write_results("bench_scaling", payload, text)
-    print("\n" + text)
-    print(f"\nwritten: {js} and {mdp} (and bench_scaling-latest.*)")
-    return payload
+    return write_results(
+        "bench_scaling", {"peak_gemm_gflops": peak_all, "results": results}, text, args, info, precision
+    )
 
 
 if __name__ == "__main__":

@@ -36,8 +36,10 @@ import torch.optim as optim
 from common import (  # bench/common.py, first: it puts the repo root on sys.path
     command_line,
     epoch_flops,
+    fit_in_process,
     flops_per_image,
     fmt_list,
+    isolated,
     load_data,
     machine_info,
     make_model,
@@ -173,11 +175,23 @@ def seed_loop(
     return {"epoch_seconds": epoch_seconds, "seed_val_acc": float(losses_val[-1][0][1]) / 100}
 
 
+def seed_in_process(ds, pooling: str, epochs: int, seed: int, kw: dict) -> dict:
+    """The seed loop on a fresh model from ``seed`` plus its final test accuracy (for ``isolated``)."""
+    model = make_model(pooling, seed, ds.num_classes, channels_last=False)
+    res = seed_loop(model, ds, epochs, seed, **kw)
+    _, _, xt, yt = tensors(ds)
+    res["acc"] = test_accuracy(model, xt, yt)
+    return res
+
+
 # ---------------------------------------------------------------- sections
 
 
 def compare(ds, data, args, precision: str, per_image: dict, peak: dict) -> dict:
-    """Seed loop vs ``fit`` per pooling; repeats interleaved (order alternates) so drift hits both."""
+    """Seed loop vs ``fit`` per pooling; repeats interleaved (order alternates) so drift hits both.
+
+    Each loop runs in a fresh process (``isolated``), so nothing process-wide that ours sets helps the seed's.
+    """
     total = args.warmup + args.epochs
     out = {}
     for pooling in args.poolings:
@@ -187,12 +201,9 @@ def compare(ds, data, args, precision: str, per_image: dict, peak: dict) -> dict
             res = {}
             for who in ("seed", "ours") if r % 2 == 0 else ("ours", "seed"):
                 if who == "seed":
-                    model = make_model(pooling, args.seed, ds.num_classes, channels_last=False)
-                    s = seed_loop(model, ds, total, args.seed)
-                    s["acc"] = test_accuracy(model, data[2], data[3])
+                    res[who] = isolated(seed_in_process, ds, pooling, total, args.seed, {})
                 else:
-                    s = run_fit(data, pooling, total, args.seed, precision)
-                res[who] = s
+                    res[who] = isolated(fit_in_process, ds, pooling, total, args.seed, {"precision": precision})
             st, ot = res["seed"]["epoch_seconds"][args.warmup :], res["ours"]["epoch_seconds"][args.warmup :]
             seed_med.append(median(st))
             ours_med.append(median(ot))
@@ -264,6 +275,7 @@ def levers(ds, data, args, precision: str) -> dict:
         variants.append((f"ours, {os.cpu_count()} threads", "fit", {"threads": os.cpu_count()}))
     variants += [
         ("ours, oneDNN (mkldnn) off", "fit", {"mkldnn": False}),
+        ("ours, glibc allocator as is (no mallopt)", "fit", {"allocator": "default"}),
         (f"ours, eval every {args.eval_every_k} (amortised)", "eval", {}),
         ("ours, optimizer for-loop (foreach off)", "fit", {"opt_impl": "for-loop"}),
         ("ours, fused optimizer step", "fit", {"opt_impl": "fused"}),
@@ -279,18 +291,17 @@ def levers(ds, data, args, precision: str) -> dict:
             for name, kind, kw in variants:
                 try:
                     if kind == "seed":
-                        model = make_model(pooling, args.seed, ds.num_classes, channels_last=False)
-                        res = seed_loop(model, ds, total, args.seed, **kw)
-                        res["acc"] = test_accuracy(model, data[2], data[3])
+                        res = isolated(seed_in_process, ds, pooling, total, args.seed, kw)
                         t = median(res["epoch_seconds"][args.warmup :])
                     elif kind == "eval":
                         # Train-only epoch time (no eval until the final epoch, which is dropped) plus the
                         # eval cost measured by the default row, divided by k.
-                        res = run_fit(data, pooling, total + 1, args.seed, precision, eval_every=10**9)
+                        kw = {"precision": precision, "eval_every": 10**9}
+                        res = isolated(fit_in_process, ds, pooling, total + 1, args.seed, kw)
                         t = median(res["epoch_seconds"][args.warmup : -1])
                     else:
                         kw = {"precision": precision, **kw}
-                        res = run_fit(data, pooling, total, args.seed, **kw)
+                        res = isolated(fit_in_process, ds, pooling, total, args.seed, kw)
                         t = median(res["epoch_seconds"][args.warmup :])
                         if kw.get("compile_mode"):
                             compile_s.append(res["epoch_seconds"][0] - t)
@@ -349,6 +360,21 @@ def levers(ds, data, args, precision: str) -> dict:
     return out
 
 
+def process_tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) used so far by a process and its children."""
+    import psutil
+
+    total = 0.0
+    root = psutil.Process(pid)
+    for proc in (root, *root.children(recursive=True)):
+        try:
+            t = proc.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
 def tracking_overhead(data, args, precision: str) -> dict:
     """``fit`` with MetricLogger against a real local ``mlflow server`` vs ``on_epoch=None``."""
     import mlflow
@@ -361,6 +387,8 @@ def tracking_overhead(data, args, precision: str) -> dict:
 
     for key, value in HTTP_DEFAULTS.items():
         os.environ.setdefault(key, value)
+    # As tracking.configure() does for every entry point: MLflow's client telemetry thread off.
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     pooling, epochs = args.tracking_pooling, args.tracking_epochs
     print(f"\n== tracking overhead: {pooling}, {epochs} epochs, logging on vs off, {args.repeats} repeat(s)")
     with tempfile.TemporaryDirectory() as tmp:
@@ -372,13 +400,14 @@ def tracking_overhead(data, args, precision: str) -> dict:
             mlflow.set_tracking_uri(url)
             client = MlflowClient(url)
             exp = client.create_experiment("bench-tracking")
-            off, on, in_calls = [], [], []
+            off, on, in_calls, server_cpu = [], [], [], []
             for r in range(args.repeats):
                 for mode in ("off", "on") if r % 2 == 0 else ("on", "off"):
                     if mode == "off":
                         off.append(run_fit(data, pooling, epochs, args.seed, precision)["wall_s"])
                         continue
                     spent = [0.0]
+                    cpu0 = process_tree_cpu_s(proc.pid)
                     t0 = time.perf_counter()
                     run_id = client.create_run(exp, run_name=f"bench-{r}").info.run_id
                     client.log_batch(run_id, params=[Param(f"p{i}", str(i)) for i in range(40)])  # ~ train's params
@@ -396,8 +425,13 @@ def tracking_overhead(data, args, precision: str) -> dict:
                     client.set_terminated(run_id)
                     t_end = time.perf_counter()
                     on.append(t_end - t0)
+                    server_cpu.append(process_tree_cpu_s(proc.pid) - cpu0)  # shares our cores on 127.0.0.1
                     in_calls.append(spent[0] + t_end - t)  # run start + per-epoch logging + flush + end
-                print(f"  repeat {r + 1}: off {off[-1]:.2f} s, on {on[-1]:.2f} s", flush=True)
+                print(
+                    f"  repeat {r + 1}: off {off[-1]:.2f} s, on {on[-1]:.2f} s "
+                    f"(logging calls {in_calls[-1]:.2f} s, server CPU {server_cpu[-1]:.2f} s)",
+                    flush=True,
+                )
             n_logged = len(client.get_metric_history(run_id, "train_loss"))
         finally:
             stop_server(proc)
@@ -409,12 +443,14 @@ def tracking_overhead(data, args, precision: str) -> dict:
         "on_s": m_on,
         "overhead_pct": 100 * (m_on - m_off) / m_off,
         "in_logging_calls_pct": 100 * median(in_calls) / m_off,
+        "server_cpu_pct": 100 * median(server_cpu) / m_off,
         "epochs_logged_on_server": n_logged,
-        "raw": {"off": off, "on": on},
+        "raw": {"off": off, "on": on, "in_calls": in_calls, "server_cpu": server_cpu},
     }
     print(
         f"  median: off {m_off:.2f} s, on {m_on:.2f} s: overhead {res['overhead_pct']:+.1f} % "
         f"(A/B wall; noise included), {res['in_logging_calls_pct']:.2f} % spent inside the logging calls "
+        f"+ {res['server_cpu_pct']:.2f} % server CPU "
         f"| {n_logged}/{epochs} epochs on the server | target <= 3 %"
     )
     return res
@@ -519,7 +555,8 @@ def markdown(info, peak, args, precision, cmp, lev, trk, gpu) -> str:
             "",
             f"Tracking overhead ({trk['pooling']}, {trk['epochs']} epochs, MLflow server on 127.0.0.1, "
             f"per-epoch metrics batched): {trk['overhead_pct']:+.1f} % wall (A/B), "
-            f"{trk['in_logging_calls_pct']:.2f} % inside the logging calls.",
+            f"{trk['in_logging_calls_pct']:.2f} % inside the logging calls, "
+            f"{trk['server_cpu_pct']:.2f} % server CPU (of the untracked wall time).",
         ]
     if gpu:
         if "skipped" in gpu:
@@ -625,11 +662,7 @@ def main(argv=None) -> dict:
     gpu = gpu_path(ds, args)
 
     md = markdown(info, peak, args, precision, cmp, lev, trk, gpu)
-    payload = {
-        "command": command_line(),
-        "args": vars(args),
-        "machine": info,
-        "precision": precision,
+    results = {
         "peak_gemm_gflops": peak,
         "flops_per_image": per_image,
         "compare": cmp,
@@ -637,10 +670,7 @@ def main(argv=None) -> dict:
         "levers": lev,
         "gpu": gpu,
     }
-    js, mdp = write_results("bench_train", payload, md)
-    print("\n" + md)
-    print(f"\nwritten: {js} and {mdp} (and bench_train-latest.*)")
-    return payload
+    return write_results("bench_train", results, md, args, info, precision)
 
 
 if __name__ == "__main__":

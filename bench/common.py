@@ -189,6 +189,28 @@ def run_fit(
     }
 
 
+def isolated(fn, /, *args, **kwargs):
+    """``fn(*args, **kwargs)`` in a fresh spawned process, its result returned.
+
+    Process-wide state cannot leak from one measured loop into the next: the glibc allocator
+    settings our trainer makes (``pipelines.device.tune_cpu_allocator``), oneDNN flags, threads,
+    compiled graphs. The seed loop runs as a notebook would, in a process that never saw ours.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(fn, *args, **kwargs).result()
+
+
+def fit_in_process(ds: Dataset, pooling: str, epochs: int, seed: int, kw: dict) -> dict:
+    """``run_fit`` on ``ds`` (for ``isolated``); ``allocator="default"`` leaves glibc untuned."""
+    kw = dict(kw)
+    if kw.pop("allocator", None) == "default":
+        os.environ["PIPELINE_CPU_ALLOCATOR"] = "default"
+    return run_fit(tensors(ds), pooling, epochs, seed, **kw)
+
+
 # ---------------------------------------------------------------- machine
 
 
@@ -290,16 +312,19 @@ def md_table(headers: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
-def write_results(name: str, payload: dict, markdown: str) -> tuple[Path, Path]:
-    """``bench/results/<name>-<time>.{json,md}`` (gitignored) plus ``<name>-latest.*`` copies."""
+def write_results(name: str, results: dict, markdown: str, args, machine: dict, precision: str) -> dict:
+    """Print the Markdown, write ``bench/results/<name>-<time>.{json,md}`` (gitignored) plus
+    ``<name>-latest.*`` copies; returns the JSON payload (command, args, machine, precision, results)."""
+    payload = {"command": command_line(), "args": vars(args), "machine": machine, "precision": precision, **results}
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     js = json.dumps(payload, indent=2, default=_json_default)
-    paths = RESULTS_DIR / f"{name}-{stamp}.json", RESULTS_DIR / f"{name}-{stamp}.md"
     for suffix, text in ((".json", js), (".md", markdown + "\n")):
         (RESULTS_DIR / f"{name}-{stamp}{suffix}").write_text(text)
         (RESULTS_DIR / f"{name}-latest{suffix}").write_text(text)
-    return paths
+    print("\n" + markdown)
+    print(f"\nwritten: {RESULTS_DIR / name}-{stamp}.json and .md (and {name}-latest.*)")
+    return payload
 
 
 def _json_default(o):

@@ -7,6 +7,14 @@ of the skip tensor (so odd H/W work: 45 -> 22 -> 11 -> 5 pools, and each up-samp
 11, 22, 45 again), skip connection by concatenation, a 1x1 conv that mixes the concatenated
 features down to the skip's width, ReLU, conv 3x3, ReLU. Head: 1x1 conv to ``num_classes``.
 
+Init: He (Kaiming normal, fan-in, ReLU gain; zero biases), as Ronneberger et al. initialise the
+original U-Net. There is no BatchNorm, so with PyTorch's default conv init (std ~ 1/sqrt(3 fan_in))
+each conv-ReLU shrinks the signal and the deep path through the bottleneck starts near silent:
+the multiclass net then separates digits from background through the skips but takes 8-18
+epochs to tell which digit. Test foreground mIoU after 25 epochs (cross-entropy + Dice, batch 8):
+0.70-0.76 with the default init (seeds 0-2), 0.79-0.80 with He init (seeds 0, 2; past the
+plateau by epoch 5-10).
+
 Output: logits [B, num_classes, H, W] for raw NHWC 0..255 input [B, H, W, C]. Binary masks use
 ``num_classes=1`` (sigmoid, threshold 0.5 = logit 0); multiclass uses N channels (softmax,
 per-pixel argmax). ``forward_nchw`` runs the network on an already normalised NCHW tensor in
@@ -22,8 +30,12 @@ import torch.nn.functional as F
 from models import register_model
 from models.layers import Normalize
 
-# Adam 1e-3 trains the plain (no BatchNorm) U-Net in a few epochs; SGD 5e-3 barely moves it.
-UNET_RECIPE = {"optimizer": "adam", "lr": 1e-3, "batch_size": 32, "epochs": 20, "lr_schedule": "none"}
+# Adam 1e-3 trains the plain (no BatchNorm) U-Net; SGD 5e-3 barely moves it. Batch 8, not 32: on a
+# CPU an epoch of batches of 8 costs about what one of 32 does (~8-10 s for 1000 48x48 canvases on one
+# thread) and gives 4x the steps. Multiclass, test foreground mIoU (1000 canvases, seed 0): 0.16 with
+# the old recipe (batch 32, 20 epochs, default init, cross-entropy); now (batch 8, 25 epochs, He init,
+# cross-entropy + Dice) 0.80.
+UNET_RECIPE = {"optimizer": "adam", "lr": 1e-3, "batch_size": 8, "epochs": 25, "lr_schedule": "none"}
 
 
 def _double_conv(c_in: int, c_out: int) -> nn.Sequential:
@@ -60,6 +72,10 @@ class UNet(nn.Module):
         self.bottleneck = _double_conv(c, widths[-1])
         self.up = nn.ModuleList(Up(widths[i + 1], widths[i]) for i in reversed(range(depth)))
         self.head = nn.Conv2d(widths[0], num_classes, 1)
+        for m in self.modules():  # He init, as the U-Net paper: see the module docstring
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                nn.init.zeros_(m.bias)
 
     def forward_nchw(self, x: torch.Tensor) -> torch.Tensor:
         skips = []

@@ -108,6 +108,8 @@ def export_options(fn):
 
 
 experiment_option = click.option("--experiment", default="", help="Experiment name (ignored under `mlflow run`).")
+device_option = click.option("--device", default=AUTO, show_default=True, help="auto | cpu | cuda | cuda:N.")
+precision_option = click.option("--precision", default=AUTO, show_default=True, help="auto | fp32 | bf16 | fp16.")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -324,8 +326,8 @@ def _refs(raw: tuple[str, ...]) -> list[str]:
 @click.option("--dataset", default="", help="Default: the study's data set; digits runs any study offline.")
 @click.option("--data-dir", default="", help="Folder with the official files (default: download to cache).")
 @click.option("--classes", default="default", show_default=True, help="Original label ids to keep.")
-@click.option("--device", default=AUTO, show_default=True, help="auto | cpu | cuda | cuda:N.")
-@click.option("--precision", default=AUTO, show_default=True, help="auto | fp32 | bf16 | fp16.")
+@device_option
+@precision_option
 @click.option(
     "--registered-model-name",
     default=AUTO,
@@ -392,8 +394,8 @@ def compare(refs, log, experiment):
 @click.option("--grace-period", default="1", show_default=True, help="ASHA: epochs before a trial can be stopped.")
 @click.option("--reduction-factor", default="2", show_default=True, help="ASHA: keep 1/rf of trials per rung.")
 @click.option("--val-fraction", default="0.1", show_default=True, help="Holdout of train the search optimises.")
-@click.option("--device", default=AUTO, show_default=True, help="auto | cpu | cuda | cuda:N.")
-@click.option("--precision", default=AUTO, show_default=True, help="auto | fp32 | bf16 | fp16.")
+@device_option
+@precision_option
 @_executor_options
 @experiment_option
 @entry_point
@@ -543,7 +545,7 @@ def server_postgres(port, host, backend_store_uri, artifacts_destination, app_na
 @click.option("--step2d", default="0.05", show_default=True, help="Step of the 2-D grid (0.05: 61x61).")
 @click.option("--limit", default="1.5", show_default=True, help="Axes run over [-limit, limit].")
 @click.option("--max-points", default="none", show_default=True, help="Cap on curve points / grid points.")
-@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N.")
+@device_option
 @experiment_option
 @entry_point
 def landscape(model_ref, mode, seed1, seed2, step1d, step2d, limit, max_points, device, experiment):
@@ -630,6 +632,35 @@ def invariance(fc_ref, cnn_ref, max_shift, experiment):
 
 
 # --- end analysis (issue 6) ---
+
+
+# --- reproduce (issue 12) ---
+
+
+@cli.command()
+@click.option("--only", default="all", show_default=True, help="Experiments of claims.yaml, e.g. mnist_arch,pooling.")
+@click.option("--scale", default="quick", show_default=True, help="full (the seeds' epochs) | quick (labelled so).")
+@click.option("--seeds", default=AUTO, show_default=True, help="auto = 0,1,2 at full scale, 0 at quick scale.")
+@click.option("--data-dir", default="", help="Folder with cifar-100-python/, cifar-10-batches-py/, mnist/.")
+@click.option("--stand-in", default="digits", show_default=True, help="digits | none: when a data set is missing.")
+@click.option("--out", default="", help="Report folder (default: reports/reproduce-<scale>).")
+@device_option
+@precision_option
+@experiment_option
+@entry_point
+def reproduce(only, scale, seeds, data_dir, stand_in, out, device, precision, experiment):
+    """Re-run the seed experiments and write a report: each seed claim beside our value, with a verdict.
+
+    Parameter counts are checked without training; finished trials with the same params are reused.
+    """
+    from pipelines.reproduce import run as step
+
+    r = step.run(only, scale, seeds, data_dir, stand_in, out, experiment or None, device, precision)
+    click.echo(f"reproduce run {r['run_id']}: " + ", ".join(f"{k} {v}" for k, v in r["counts"].items()))
+    click.echo(f"report: {r['out_dir'] / 'report.html'} and report.md")
+
+
+# --- end reproduce (issue 12) ---
 
 
 if __name__ == "__main__":

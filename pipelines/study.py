@@ -25,7 +25,6 @@ import json
 import os
 import re
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -33,7 +32,7 @@ from pathlib import Path
 import click
 import torch
 
-from models import list_models, model_info
+from models import count_params, list_models, model_info
 from pipelines import evaluate, export_onnx, prep
 from pipelines.compare import (
     CHAMPION_RULE,
@@ -59,17 +58,19 @@ from pipelines.config import (
 from pipelines.data import Dataset
 from pipelines.main import SUMMARY
 from tracking import experiment_id_for, tracked_run
-from tracking.artifacts import log_file, log_json
+from tracking.artifacts import log_json
 from tracking.registry import set_alias
 from tracking.runs import (
     RunRecord,
     active_run_id,
+    find_experiment_id,
     find_model_version,
     find_runs,
     get_run_record,
     log_metrics,
     log_params,
     metric_history,
+    run_experiment_id,
     set_model_version_tags,
     set_tags,
 )
@@ -306,11 +307,12 @@ def plan_study(
     classes: str = "default",
     device: str = AUTO,
     precision: str = AUTO,
+    variants: list[Variant] | None = None,
 ) -> StudyPlan:
-    """Resolve a study name (or an explicit list) into its trials; every parameter is checked here."""
+    """Resolve a study name (or an explicit list, or ``variants``) into its trials; every parameter is checked here."""
     name = str(name).strip()
     known = STUDIES.get(name)
-    if known is None and not str(configs).strip():
+    if known is None and not str(configs).strip() and not variants:
         raise ConfigError(
             f"study must be one of {', '.join(STUDIES)} (or any name with --configs model[:key=value,...];...); "
             f"got {name!r}"
@@ -318,7 +320,11 @@ def plan_study(
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
         raise ConfigError(f"study name must be letters, digits, '_', '-' or '.'; got {name!r}")
     scale = parse_choice("scale", scale, SCALES)
-    variants = parse_configs(configs) if str(configs).strip() else list(known.variants)
+    if variants:
+        for v in variants:
+            make_train_cfg(v.model, **v.options)  # checks every value now
+    else:
+        variants = parse_configs(configs) if str(configs).strip() else list(known.variants)
     seed_list = parse_seeds(seeds)
     n_epochs = parse_int("epochs", epochs, allow_auto=True)
     if n_epochs is None:
@@ -389,8 +395,8 @@ def _split_val(ds: Dataset, fraction: float, seed: int) -> Dataset:
     return replace(ds, x_train=x_tr, y_train=y_tr, x_test=x_val, y_test=y_val)
 
 
-def _finished(experiment_id: str, h: str) -> RunRecord | None:
-    done = find_runs([experiment_id], f"tags.params_hash = '{h}' and attributes.status = 'FINISHED'")
+def _finished(experiment_ids: list[str], h: str) -> RunRecord | None:
+    done = find_runs(experiment_ids, f"tags.params_hash = '{h}' and attributes.status = 'FINISHED'")
     done = [r for r in done if "test_accuracy" in r.metrics]
     return done[0] if done else None
 
@@ -412,16 +418,18 @@ def run_trial(
     dataset: Dataset | None = None,
     on_epoch=None,
     progress: bool = True,
+    reuse_from: tuple[str, ...] = (),
 ) -> TrialResult:
     """Train + evaluate ``spec`` as a child of ``parent_id`` (or reuse a finished identical child).
 
     ``on_epoch(run_id, epoch, metrics)`` sees every epoch (a reused child replays its ``val_acc``
     curve); it raises ``Pruned`` to stop the trial, which then ends FINISHED tagged ``early_stopped``.
+    Finished children are looked for in ``experiment_id`` and the experiments ids in ``reuse_from``.
     Works in-process under the active parent run and in a Ray worker (no active run: the parent
     is set by tag, the experiment by id).
     """
-    from pipelines.device import pick_device, pick_precision
-    from pipelines.train import MODEL_CONFIG, build_model, checkpoint_dir
+    from pipelines.device import host_allocator, pick_device, pick_precision
+    from pipelines.train import build_model, checkpoint_dir, log_trained
     from pipelines.trainer import fit
     from tracking.metrics import MetricLogger
 
@@ -429,7 +437,7 @@ def run_trial(
     ds = dataset or prep.load(spec.data_cfg)
     cfg = spec.train_cfg
     h = params_hash(spec, ds)
-    done = _finished(experiment_id, h)
+    done = _finished([experiment_id, *reuse_from], h)
     if done is not None:
         epochs_done = int(done.metrics.get("epochs_done", 0))
         if on_epoch:
@@ -474,7 +482,8 @@ def run_trial(
                     "device_used": str(device),
                     "precision_used": precision,
                     "channels_last": True,
-                    "num_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+                    "cpu_allocator": host_allocator(device),
+                    "num_params": count_params(model),
                     "n_train": len(fit_ds.x_train),
                     "val_fraction": spec.val_fraction,
                 }  # library versions, CPU/GPU and git commit: tracked_run logs them on every new run
@@ -509,20 +518,7 @@ def run_trial(
             return TrialResult(rid, spec.label, cfg.seed, False, True, p.epoch, {}, time.perf_counter() - t0)
         finally:
             logger.flush()
-        n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        log_metrics(
-            {
-                "train_seconds": state.train_seconds,
-                "seconds_per_epoch": state.train_seconds / max(state.epoch, 1),
-                "num_params": n_params,
-                "epochs_done": state.epoch,
-            }
-        )
-        with tempfile.TemporaryDirectory() as tmp:
-            torch.save(model.state_dict(), Path(tmp) / "state_dict.pt")
-            log_file(Path(tmp) / "state_dict.pt", "model")
-        log_json(model_config, MODEL_CONFIG)
-        log_json(state.history, "history.json")
+        log_trained(model, model_config, state)
         metrics = evaluate.run(rid, dataset=ds, model=model, history=state.history, nested=True)
         summary = {k: v for k, v in metrics.items() if k in SUMMARY}
         log_metrics(summary)
@@ -622,16 +618,27 @@ def run_study(
     executor: str = "local",
     ray_address: str | None = None,
     max_concurrent: int | None = None,
+    within_run: str | None = None,
 ) -> dict:
-    """Run (or continue) a study; returns run_id, the summary frame, champion info and the table text."""
+    """Run (or continue) a study; returns run_id, the summary frame, champion info and the table text.
+
+    With ``within_run`` (the active run, e.g. ``reproduce``) the study is a new child of it in the
+    parent's experiment, and finished trials are also reused from the study's own experiment.
+    """
     executor = parse_choice("executor", executor, EXECUTORS)
     quiet_downloads()
     ds = prep.load(plan.data_cfg)  # bad data fails here, before any run exists
-    exp_id = experiment_id_for(experiment or f"study-{plan.name}")
+    if within_run:
+        exp_id = run_experiment_id(within_run)
+        own = find_experiment_id(f"study-{plan.name}")
+        reuse_from = (own,) if own and own != exp_id else ()
+    else:
+        exp_id = experiment_id_for(experiment or f"study-{plan.name}")
+        reuse_from = ()
     spec_hash = _spec_hash(plan, ds)
-    resume_id = _old_parent(exp_id, spec_hash)
+    resume_id = None if within_run else _old_parent(exp_id, spec_hash)
     t0 = time.perf_counter()
-    with tracked_run(f"study-{plan.name}", exp_id, run_id=resume_id) as parent_id:
+    with tracked_run(f"study-{plan.name}", exp_id, nested=bool(within_run), run_id=resume_id) as parent_id:
         if resume_id is None:
             log_params(plan.params())
         set_tags(
@@ -651,7 +658,7 @@ def run_study(
         else:
             results = []
             for spec in plan.trials:
-                r = run_trial(spec, parent_id, exp_id, dataset=ds, progress=sys.stderr.isatty())
+                r = run_trial(spec, parent_id, exp_id, dataset=ds, progress=sys.stderr.isatty(), reuse_from=reuse_from)
                 results.append(r)
                 click.echo(
                     f"  {spec.run_name}: test_accuracy {r.metrics.get('test_accuracy', float('nan')):.4f}"

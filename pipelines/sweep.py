@@ -202,6 +202,15 @@ def _study_trainable(config: dict, specs: list[TrialSpec], parent_id: str, exper
     )
 
 
+def _with_run_context(fn, parent_id: str, experiment_id: str, threads: int, **params):
+    """A Ray Tune trainable: ``fn`` with the parent run, experiment, tracking URI and its CPU share."""
+    from ray import tune
+
+    context = {"parent_id": parent_id, "experiment_id": experiment_id, "uri": _absolute_uri(tracking_uri())}
+    bound = tune.with_parameters(fn, **context, threads=threads, **params)
+    return tune.with_resources(bound, {"cpu": threads})
+
+
 def run_trials_on_ray(
     specs: list[TrialSpec],
     parent_id: str,
@@ -217,17 +226,7 @@ def run_trials_on_ray(
     storage = tempfile.mkdtemp(prefix="ray-tune-")
     try:
         with ray_runtime(ray_address):
-            trainable = tune.with_resources(
-                tune.with_parameters(
-                    _study_trainable,
-                    specs=specs,
-                    parent_id=parent_id,
-                    experiment_id=experiment_id,
-                    uri=_absolute_uri(tracking_uri()),
-                    threads=threads,
-                ),
-                {"cpu": threads},
-            )
+            trainable = _with_run_context(_study_trainable, parent_id, experiment_id, threads, specs=specs)
             tuner = tune.Tuner(
                 trainable,
                 param_space={"index": tune.grid_search(list(range(len(specs))))},
@@ -482,17 +481,7 @@ def _sweep_ray(plan: SweepPlan, parent_id: str, experiment_id: str, ray_address,
     storage = tempfile.mkdtemp(prefix="ray-tune-")
     try:
         with ray_runtime(ray_address):
-            trainable = tune.with_resources(
-                tune.with_parameters(
-                    _sweep_trainable,
-                    plan=plan,
-                    parent_id=parent_id,
-                    experiment_id=experiment_id,
-                    uri=_absolute_uri(tracking_uri()),
-                    threads=threads,
-                ),
-                {"cpu": threads},
-            )
+            trainable = _with_run_context(_sweep_trainable, parent_id, experiment_id, threads, plan=plan)
             tuner = tune.Tuner(
                 trainable,
                 param_space=space,

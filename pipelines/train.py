@@ -15,7 +15,7 @@ import torch.nn as nn
 from models import count_params, create_model
 from pipelines.config import DataConfig, TrainConfig, as_params, data_config, train_config_from
 from pipelines.data import Dataset
-from pipelines.device import pick_device, pick_precision
+from pipelines.device import host_allocator, pick_device, pick_precision
 from pipelines.prep import load
 from pipelines.trainer import TrainState, fit
 from tracking import experiment_id_for, tracked_run
@@ -129,6 +129,7 @@ def run(
         "device_used": str(device),
         "precision_used": precision,
         "channels_last": True,
+        "cpu_allocator": host_allocator(device),
         "num_params": count_params(model),
         "n_train": len(x_train),
     }
@@ -175,17 +176,22 @@ def run(
             logger.flush(force=True)  # a dead server is found here in seconds: the rest is kept locally
             if ckpt.exists():
                 log_file(ckpt, "checkpoints")  # resumable from any machine that sees the server
-        log_metrics(
-            {
-                "train_seconds": state.train_seconds,
-                "seconds_per_epoch": state.train_seconds / state.epoch,
-                "num_params": count_params(model),
-                "epochs_done": state.epoch,
-            }
-        )
-        with tempfile.TemporaryDirectory() as tmp:
-            torch.save(model.state_dict(), Path(tmp) / "state_dict.pt")
-            log_file(Path(tmp) / "state_dict.pt", "model")
-        log_json(model_config, MODEL_CONFIG)
-        log_json(state.history, "history.json")
+        log_trained(model, model_config, state)
     return TrainResult(rid, model.eval(), state, model_config)
+
+
+def log_trained(model: nn.Module, model_config: dict, state) -> None:
+    """Into the active run: timings and size, the state_dict + model config (``load_trained`` reads them), history."""
+    log_metrics(
+        {
+            "train_seconds": state.train_seconds,
+            "seconds_per_epoch": state.train_seconds / max(state.epoch, 1),
+            "num_params": count_params(model),
+            "epochs_done": state.epoch,
+        }
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.save(model.state_dict(), Path(tmp) / "state_dict.pt")
+        log_file(Path(tmp) / "state_dict.pt", "model")
+    log_json(model_config, MODEL_CONFIG)
+    log_json(state.history, "history.json")

@@ -24,9 +24,21 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from pipelines.device import autocast_dtype
+from pipelines.device import autocast_dtype, tune_cpu_allocator
 
 EpochCallback = Callable[[int, dict[str, float]], None]
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (logits, targets) -> scalar loss
+PredictFn = Callable[[torch.Tensor], torch.Tensor]  # logits -> predicted labels, compared with the targets
+# (model, x_test, y_test, batch_size, autocast dtype) -> the epoch's val_* metrics
+ValidateFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, int, "torch.dtype | None"], dict[str, float]]
+
+
+def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.float(), y)
+
+
+def argmax(logits: torch.Tensor) -> torch.Tensor:
+    return logits.argmax(1)
 
 
 @dataclass
@@ -79,6 +91,11 @@ def batch_stats(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: 
             out[i, 0] = F.cross_entropy(logits, yb)
             out[i, 1] = (logits.argmax(1) == yb).float().mean()
     return out
+
+
+def validate_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, dtype) -> dict[str, float]:
+    """``fit``'s default validation: ``val_loss``/``val_acc`` (cross-entropy, top-1) with batch p25/p75."""
+    return _summary("val", batch_stats(model, x, y, batch_size, dtype).cpu().numpy())
 
 
 def _summary(prefix: str, stats: np.ndarray) -> dict[str, float]:
@@ -177,14 +194,22 @@ def fit(
     resume: bool = False,
     on_epoch: EpochCallback | None = None,
     progress: bool = True,
+    *,
+    loss_fn: LossFn = cross_entropy,
+    predict_fn: PredictFn = argmax,
+    validate: ValidateFn = validate_classifier,
 ) -> TrainState:
     """Train ``model`` (already on the data's device) by ``recipe``; returns the final state.
 
     ``on_epoch(epoch, metrics)`` receives every epoch's numbers (the tracking hook).
+    ``loss_fn``, ``predict_fn`` (for ``train_acc``) and ``validate`` default to classification;
+    ``pipelines.segment`` passes its mask loss, mask decoding and IoU/Dice validation.
     Ctrl-C / SIGTERM stop at the end of the running epoch: checkpoint, then KeyboardInterrupt.
     A crash keeps the last periodic checkpoint (the weights of a broken epoch are not saved).
     """
     device = x_train.device
+    if device.type == "cpu":
+        tune_cpu_allocator()  # freed activations stay in the process: no page faults every step
     dtype = autocast_dtype(precision)
     gen = torch.Generator().manual_seed(seed)  # CPU generator: same shuffles on every device
     aug_gen = torch.Generator(device=device).manual_seed(seed + 1)
@@ -219,7 +244,7 @@ def fit(
                     xb = augment_batch(xb, aug_gen)
                 with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
                     logits = model(xb)
-                    loss = F.cross_entropy(logits.float(), yb)
+                    loss = loss_fn(logits, yb)
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(opt)
@@ -227,18 +252,19 @@ def fit(
                 if constrain:
                     constrain()
                 stats[i, 0] = loss.detach()
-                stats[i, 1] = (logits.detach().argmax(1) == yb).float().mean()
+                stats[i, 1] = (predict_fn(logits.detach()) == yb).float().mean()
             sched.step()
             metrics = _summary("train", stats.cpu().numpy())  # the one host sync of the epoch
             last = epoch + 1 == epochs
             if (epoch + 1) % eval_every == 0 or last:
-                metrics.update(_summary("val", batch_stats(model, x_test, y_test, bs, dtype).cpu().numpy()))
+                metrics.update(validate(model, x_test, y_test, bs, dtype))
             metrics["epoch_seconds"] = time.perf_counter() - t0
             metrics["lr"] = opt.param_groups[0]["lr"]
             state.train_seconds += metrics["epoch_seconds"]
             state.epoch = epoch + 1
             state.history.append({"epoch": epoch + 1, **metrics})
-            bar.set_postfix(loss=f"{metrics['train_loss']:.3f}", val_acc=f"{metrics.get('val_acc', float('nan')):.3f}")
+            shown = {key: f"{metrics[key]:.3f}" for key in ("val_acc", "val_miou") if key in metrics}
+            bar.set_postfix(loss=f"{metrics['train_loss']:.3f}", **shown)
             if on_epoch:
                 on_epoch(epoch + 1, metrics)
             if checkpoint_path and (state.epoch % checkpoint_every == 0 or last or stop_signals):

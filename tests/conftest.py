@@ -66,3 +66,20 @@ def real_data(name: str) -> Path:
     if not path.exists():
         pytest.skip(f"real data {path} not present (only in the team's workspace)")
     return SHARED_DATA
+
+
+def assert_one_epoch_runs_landed(client, experiment: str, printed: set[str], n: int) -> None:
+    """Concurrent 1-epoch train runs (seeds 0..n-1): each landed once in one experiment, complete."""
+    (exp,) = client.search_experiments(filter_string=f"name = '{experiment}'")  # created once
+    runs = client.search_runs([exp.experiment_id], max_results=100)
+    assert {r.info.run_id for r in runs} == printed and len(runs) == n  # every run landed there
+    assert sorted(int(r.data.params["seed"]) for r in runs) == list(range(n))
+    for run in runs:
+        rid = run.info.run_id
+        assert run.info.status == "FINISHED", rid
+        for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds"):
+            assert [m.step for m in client.get_metric_history(rid, key)] == [1], (rid, key)
+        for key in ("train_seconds", "seconds_per_epoch", "num_params", "epochs_done"):
+            assert key in run.data.metrics, (rid, key)
+        files = {f.path for f in client.list_artifacts(rid, "model")}
+        assert {"model/state_dict.pt", "model/model_config.json"} <= files, rid

@@ -15,7 +15,7 @@ import uuid
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, assert_one_epoch_runs_landed
 
 N = 8
 TINY = ["--dataset", "digits", "--model", "simple_cnn", "--epochs", "1", "--batch-size", "256"]
@@ -68,17 +68,4 @@ def test_eight_training_processes_at_once_share_one_experiment(tracking, tmp_pat
     assert codes == [0] * N, errs
     printed = {(tmp_path / f"train-{i}.out").read_text().split("train run ")[1].split(":")[0] for i in range(N)}
 
-    client = MlflowClient()
-    (exp,) = client.search_experiments(filter_string=f"name = '{name}'")  # created once
-    runs = client.search_runs([exp.experiment_id], max_results=100)
-    assert {r.info.run_id for r in runs} == printed and len(runs) == N  # every run landed here
-    assert sorted(int(r.data.params["seed"]) for r in runs) == list(range(N))
-    for run in runs:
-        rid = run.info.run_id
-        assert run.info.status == "FINISHED", rid
-        for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds"):
-            assert [m.step for m in client.get_metric_history(rid, key)] == [1], (rid, key)
-        for key in ("train_seconds", "seconds_per_epoch", "num_params", "epochs_done"):
-            assert key in run.data.metrics, (rid, key)
-        files = {f.path for f in client.list_artifacts(rid, "model")}
-        assert {"model/state_dict.pt", "model/model_config.json"} <= files, rid
+    assert_one_epoch_runs_landed(MlflowClient(), name, printed, N)

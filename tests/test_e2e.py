@@ -26,6 +26,9 @@ def _run(cmd: list[str], env_extra: dict | None = None, timeout: int = 300) -> s
     )
 
 
+MLFLOW_RUN = [sys.executable, "-m", "mlflow", "run", ".", "--env-manager", "local"]  # no conda here
+
+
 def _children(client: MlflowClient, parent) -> dict[str, object]:
     runs = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     return {r.data.tags["step"]: r for r in runs}
@@ -35,13 +38,7 @@ def test_mlflow_run_main_end_to_end(tracking, cifar_dir, tmp_path):
     name = "e2e-cifar"
     proc = _run(
         [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "run",
-            ".",
-            "--env-manager",
-            "local",
+            *MLFLOW_RUN,
             "--experiment-name",
             "e2e",
             "-P",
@@ -113,13 +110,7 @@ def test_mlflow_run_main_end_to_end(tracking, cifar_dir, tmp_path):
 def test_bad_parameter_under_mlflow_run_fails_the_run_with_one_line(tracking):
     proc = _run(
         [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "run",
-            ".",
-            "--env-manager",
-            "local",
+            *MLFLOW_RUN,
             "--experiment-name",
             "e2e-bad",
             "-P",

@@ -21,7 +21,7 @@ import onnxruntime as ort
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, assert_one_epoch_runs_landed
 from tracking.postgres import TempCluster, missing_requirements, split_password
 from tracking.server import start_server, stop_server
 
@@ -195,20 +195,7 @@ def run_concurrently(url: str, experiment: str, n: int, log_dir: Path, timeout_s
 
     printed = {(log_dir / f"{i}.out").read_text().split("train run ")[1].split(":")[0] for i in range(n)}
 
-    client = MlflowClient(url)
-    (exp,) = client.search_experiments(filter_string=f"name = '{experiment}'")  # created once
-    runs = client.search_runs([exp.experiment_id], max_results=100)
-    assert {r.info.run_id for r in runs} == printed and len(runs) == n  # every run landed there
-    assert sorted(int(r.data.params["seed"]) for r in runs) == list(range(n))
-    for run in runs:
-        rid = run.info.run_id
-        assert run.info.status == "FINISHED", rid
-        for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds"):
-            assert [m.step for m in client.get_metric_history(rid, key)] == [1], (rid, key)
-        for key in ("train_seconds", "seconds_per_epoch", "num_params", "epochs_done"):
-            assert key in run.data.metrics, (rid, key)
-        files = {f.path for f in client.list_artifacts(rid, "model")}
-        assert {"model/state_dict.pt", "model/model_config.json"} <= files, rid
+    assert_one_epoch_runs_landed(MlflowClient(url), experiment, printed, n)
     return seconds
 
 

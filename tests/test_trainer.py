@@ -128,3 +128,17 @@ def test_precision_auto_never_picks_emulated_bf16(monkeypatch):
     assert pick_precision("auto", torch.device("cpu")) == "bf16"
     with pytest.raises(ValueError, match="fp16 needs CUDA"):
         pick_precision("fp16", torch.device("cpu"))
+
+
+def test_cpu_allocator_keeps_freed_memory_unless_told_not_to(monkeypatch):
+    import platform
+
+    import pipelines.device as device
+
+    tune = device.tune_cpu_allocator.__wrapped__  # the cached call has run already in this process
+    monkeypatch.setenv(device.ALLOCATOR_ENV, "default")
+    assert tune() == "default"
+    monkeypatch.delenv(device.ALLOCATOR_ENV)
+    expected = "retain" if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc" else "default"
+    assert tune() == expected
+    assert device.host_allocator(torch.device("cpu")) == expected

@@ -7,6 +7,7 @@ Images are uint8 NHWC (0..255) and labels int64 0..k-1 after the class subset is
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +61,27 @@ def select_classes(x: np.ndarray, y: np.ndarray, class_ids: Sequence[int]) -> tu
     lookup[list(class_ids)] = np.arange(len(class_ids))
     mask = np.isin(y, class_ids)
     return np.ascontiguousarray(x[mask]), lookup[y[mask]]
+
+
+def class_subset(
+    name: str,
+    train: tuple[np.ndarray, np.ndarray],
+    test: tuple[np.ndarray, np.ndarray],
+    classes: Sequence[int],
+    all_names: Sequence[str],
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    folder: Path,
+    caught_warnings: Sequence[warnings.WarningMessage] = (),
+) -> Dataset:
+    """The Dataset of ``classes`` (labels remapped) from full train/test splits read from ``folder``."""
+    x_train, y_train = select_classes(*train, classes)
+    x_test, y_test = select_classes(*test, classes)
+    if len(x_train) == 0 or len(x_test) == 0:
+        raise DataError(f"{folder}: no images of classes {list(classes)} in train or test")
+    names = [all_names[c] for c in classes]
+    messages = [str(w.message) for w in caught_warnings]
+    return Dataset(name, x_train, y_train, x_test, y_test, list(classes), names, mean, std, str(folder), messages)
 
 
 # Each data-set module exposes NAME, NUM_LABELS, DEFAULT_CLASSES and load(data_dir, classes).

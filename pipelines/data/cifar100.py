@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.data import DataError, Dataset, select_classes
+from pipelines.data import DataError, Dataset, class_subset
 from pipelines.data.download import cache_dir, download, extract_tar, md5sum
 from pipelines.data.pickles import load_cifar_pickle
 from pipelines.data.synthetic import make_split
@@ -79,23 +79,7 @@ def load(data_dir: str | Path | None = None, classes: Sequence[int] = DEFAULT_CL
     if not isinstance(names, list) or len(names) != 100:
         raise DataError(f"{folder / 'meta'}: 'fine_label_names' must list 100 names")
     names = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
-    x_train, y_train = select_classes(x_train, y_train, classes)
-    x_test, y_test = select_classes(x_test, y_test, classes)
-    if len(x_train) == 0 or len(x_test) == 0:
-        raise DataError(f"{folder}: no images of classes {list(classes)} in train or test")
-    return Dataset(
-        "cifar100",
-        x_train,
-        y_train,
-        x_test,
-        y_test,
-        list(classes),
-        [names[c] for c in classes],
-        MEAN,
-        STD,
-        str(folder),
-        [str(w.message) for w in caught],
-    )
+    return class_subset("cifar100", (x_train, y_train), (x_test, y_test), classes, names, MEAN, STD, folder, caught)
 
 
 def write_synthetic(

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.data import DataError, Dataset, select_classes
+from pipelines.data import DataError, Dataset, class_subset
 from pipelines.data.download import cache_dir, download, md5sum
 from pipelines.data.synthetic import make_split
 
@@ -136,23 +136,8 @@ def load(data_dir: str | Path | None = None, classes: Sequence[int] = DEFAULT_CL
         warnings.simplefilter("always")
         x_train, y_train = _split(folder, "train")
         x_test, y_test = _split(folder, "test")
-    x_train, y_train = select_classes(x_train, y_train, classes)
-    x_test, y_test = select_classes(x_test, y_test, classes)
-    if len(x_train) == 0 or len(x_test) == 0:
-        raise DataError(f"{folder}: no images of classes {list(classes)} in train or test")
-    return Dataset(
-        NAME,
-        x_train,
-        y_train,
-        x_test,
-        y_test,
-        list(classes),
-        [CLASS_NAMES[c] for c in classes],
-        MEAN,
-        STD,
-        str(folder),
-        [str(w.message) for w in caught],
-    )
+    train, test = (x_train, y_train), (x_test, y_test)
+    return class_subset(NAME, train, test, classes, CLASS_NAMES, MEAN, STD, folder, caught)
 
 
 def write_idx(path: Path, array: np.ndarray, magic: int) -> None:

@@ -1,0 +1,173 @@
+"""Reproduction report (issue 12): claims file, verdict rules, data provenance, end-to-end run."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import mlflow
+import pytest
+from click.testing import CliRunner
+
+from pipelines.__main__ import cli
+from pipelines.config import ConfigError
+from pipelines.data import load_dataset
+from pipelines.reproduce import run as reproduce
+from pipelines.reproduce.claims import Claim, load_claims
+from pipelines.reproduce.report import DataUsed, Measured, judge
+from tests.conftest import real_data
+
+CLAIMS = load_claims()
+PARAM_CLAIMS = [c for c in CLAIMS.claims if c.metric == "num_params"]
+REAL = DataUsed("real", "real files", "cifar100")
+STAND_IN = DataUsed("stand-in", "synthetic", "cifar100")
+
+
+def test_claims_file_covers_every_seed_experiment():
+    assert set(CLAIMS.experiments) == {
+        "lab2_cnn", "pooling", "mnist_arch", "cifar10_arch", "kernel", "depth", "custom", "residual", "keras",
+    }  # fmt: skip
+    assert len(CLAIMS.claims) >= 60
+    assert CLAIMS.experiments["pooling"].classes == "0,33,43"  # the pooling report's classes, not lab 2's
+    assert {c.metric for c in CLAIMS.claims} == {
+        "test_accuracy", "train_accuracy", "num_params", "train_seconds", "inference_seconds",
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("claim", PARAM_CLAIMS, ids=lambda c: c.id)
+def test_parameter_count_claims_match_exactly(claim):
+    assert reproduce.count_params(CLAIMS.experiments[claim.experiment], claim.config) == int(claim.seed)
+
+
+def test_select_and_bad_names():
+    assert set(CLAIMS.select("pooling,keras").experiments) == {"pooling", "keras"}
+    assert CLAIMS.select("all") is CLAIMS
+    with pytest.raises(ConfigError, match="only must be one of"):
+        CLAIMS.select("pooling,nope")
+
+
+def test_malformed_claims_file_is_one_clear_error(tmp_path):
+    bad = tmp_path / "claims.yaml"
+    bad.write_text(
+        "experiments:\n  x: {seed_file: s, dataset: cifar100, epochs: 1, quick_epochs: 1, hardware: T4,"
+        " tolerance: 0.1, configs: {a: {model: no_such_model}}}\nclaims: []\n"
+    )
+    with pytest.raises(ConfigError, match="no_such_model"):
+        load_claims(bad)
+
+
+def _judge(claim, ours, data=REAL, scale="full"):
+    return judge(
+        claim, ours, data=data, scale=scale, tolerance=0.02, seed_epochs=500, our_epochs=500 if scale == "full" else 20,
+        hardware=("Colab T4 GPU", "test CPU"),
+    )  # fmt: skip
+
+
+ACC = Claim("pooling", "max", "test_accuracy", 0.9267, "lab2.2")
+
+
+@pytest.mark.parametrize(
+    "mean, verdict", [(0.9267, "reproduced"), (0.9100, "reproduced"), (0.9500, "better"), (0.8900, "worse")]
+)
+def test_accuracy_verdicts_use_the_tolerance(mean, verdict):
+    row = _judge(ACC, Measured(mean, 0.01, 3))
+    assert row.verdict == verdict
+    assert row.extra["diff"] == pytest.approx(mean - 0.9267)
+
+
+def test_stand_in_and_quick_accuracies_are_never_compared():
+    stand_in = _judge(ACC, Measured(0.99, 0.0, 1), data=STAND_IN)
+    assert (stand_in.verdict, stand_in.stand_in) == ("not comparable", True)
+    assert "diff" not in stand_in.extra
+    quick = _judge(ACC, Measured(0.93, 0.0, 1), scale="quick")
+    assert quick.verdict == "not comparable" and "quick scale: 20 of the seed's 500 epochs" in quick.detail
+
+
+def test_time_claims_are_ratios_per_epoch_naming_both_machines():
+    claim = Claim("pooling", "max", "train_seconds", 98.37, "lab2.2")
+    row = _judge(claim, Measured(4.0, 0.0, 1), scale="quick")  # 20 epochs in 4 s = 0.2 s/epoch
+    assert row.verdict == "ratio"
+    assert row.extra["ratio"] == pytest.approx(0.2 / (98.37 / 500))
+    assert "Colab T4 GPU" in row.detail and "test CPU" in row.detail
+
+
+def test_parameter_mismatch_and_not_comparable_claims():
+    claim = Claim("pooling", "max", "num_params", 33219, "spec")
+    assert _judge(claim, Measured(33219, 0, 1)).verdict == "reproduced"
+    assert _judge(claim, Measured(33220, 0, 1)).verdict == "mismatch"
+    odd = Claim("custom", "custom_layers", "test_accuracy", 0.8876, "s", comparable=False, why="data set unknown")
+    row = _judge(odd, Measured(0.5, 0, 1))
+    assert (row.verdict, row.detail) == ("not comparable", "data set unknown")
+    assert _judge(ACC, None).verdict == "not run"
+
+
+def test_provenance_flags_synthetic_and_digits_and_accepts_known_real_copies(tmp_path):
+    from pipelines.data.cifar100 import write_synthetic
+
+    write_synthetic(tmp_path, 5, 5)
+    synthetic = reproduce.provenance(load_dataset("cifar100", tmp_path), "cifar100", CLAIMS.real_copies)
+    assert synthetic.kind == "stand-in" and "unverified" in synthetic.description
+    digits = reproduce.provenance(load_dataset("digits"), "mnist", CLAIMS.real_copies)
+    assert digits.kind == "stand-in" and "digits instead of mnist" in digits.description
+
+
+def test_provenance_of_the_real_files():
+    root = real_data("cifar-100-python")
+    assert reproduce.provenance(load_dataset("cifar100", root), "cifar100", CLAIMS.real_copies).kind == "real"
+    mnist = reproduce.provenance(load_dataset("mnist", root), "mnist", CLAIMS.real_copies)
+    assert mnist.kind == "real" and "official" in mnist.description
+
+
+def test_bad_options_fail_in_one_line_before_any_run(tracking):
+    before = len(mlflow.search_runs(search_all_experiments=True))
+    for args in (["--only", "nope"], ["--scale", "huge"], ["--stand-in", "mnist"], ["--seeds", "a"]):
+        result = CliRunner().invoke(cli, ["reproduce", *args])
+        assert result.exit_code == 2, (args, result.output)
+        assert len(result.output.strip().splitlines()) == 1, result.output
+    assert len(mlflow.search_runs(search_all_experiments=True)) == before
+
+
+def test_reproduce_quick_pooling_end_to_end(tracking, tmp_path):
+    """`reproduce --scale quick --only pooling` on synthetic CIFAR-100 against the test server."""
+    from pipelines.data.cifar100 import write_synthetic
+
+    data = tmp_path / "data"
+    write_synthetic(data, per_class_train=20, per_class_test=8, classes=[0, 33, 43])
+    fast = dataclasses.replace(CLAIMS.experiments["pooling"], quick_epochs=2)
+    claims = dataclasses.replace(CLAIMS, experiments={**CLAIMS.experiments, "pooling": fast})
+    out = tmp_path / "report"
+    r = reproduce.run("pooling", "quick", "auto", str(data), "digits", str(out), "repro-test", claims=claims)
+
+    rows = {row["id"]: row for row in json.loads((out / "report.json").read_text())["rows"]}
+    assert set(rows) == {c.id for c in CLAIMS.claims if c.experiment == "pooling"}
+    for config in ("stride", "max", "avg"):
+        assert rows[f"pooling.{config}.num_params"]["verdict"] == "reproduced"
+        acc = rows[f"pooling.{config}.test_accuracy"]
+        assert acc["verdict"] == "not comparable" and acc["stand_in"] is True
+        assert 0.0 <= acc["ours"]["mean"] <= 1.0 and acc["ours"]["n"] == 1
+        assert "unverified" in acc["data"]["description"] and acc["data"]["label"] == "unverified cifar100 files"
+        assert rows[f"pooling.{config}.train_seconds"]["verdict"] == "not comparable"
+    md = (out / "report.md").read_text()
+    html = (out / "report.html").read_text()
+    assert "QUICK SCALE" in md and "QUICK SCALE" in html
+    flagged = [line for line in md.splitlines() if line.startswith("| pooling.") and "STAND-IN" in line]
+    assert len(flagged) == 8  # 3 test acc + 2 train acc + 3 train time rows; not the 3 parameter counts
+    assert html.count("class='standin'") == 8
+    assert "data:image/png;base64," in html and "src='figures" not in html  # self-contained
+    assert "| pooling.max.num_params | SPEC S1" in md
+
+    client = mlflow.MlflowClient()
+    parent = client.get_run(r["run_id"])
+    assert parent.info.status == "FINISHED" and parent.data.tags["step"] == "reproduce"
+    assert parent.data.metrics["claims_reproduced"] == 3
+    assert {a.path for a in client.list_artifacts(r["run_id"], "report")} == {
+        "report/report.md", "report/report.html", "report/report.json",
+    }  # fmt: skip
+    study = client.get_run(r["study_runs"]["pooling"])
+    assert study.data.tags["mlflow.parentRunId"] == r["run_id"]
+    assert study.info.experiment_id == parent.info.experiment_id
+    assert study.data.metrics["trials"] == 3 and study.data.metrics["trials_reused"] == 0
+
+    again = reproduce.run("pooling", "quick", "auto", str(data), "digits", str(out), "repro-test", claims=claims)
+    assert client.get_run(again["study_runs"]["pooling"]).data.metrics["trials_reused"] == 3
+    assert [row.ours.mean for row in again["rows"]] == [row.ours.mean for row in r["rows"]]
