@@ -163,17 +163,21 @@ def _write_report(out_dir: Path, rows: list[Row], header: dict, figure_runs: dic
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
     figures: dict[str, list[Path]] = {}
-    for exp, run_id in figure_runs.items():
-        for name in FIGURES:
-            try:
-                got = download(run_id, name, stage / "figures" / exp)
-            except Exception:  # noqa: BLE001 - a study without that figure: the table still stands
-                continue
-            figures.setdefault(exp, []).append(got)
-    (stage / "report.md").write_text(markdown(rows, header, figures, stage))
-    (stage / "report.html").write_text(html_page(rows, header, figures))
-    doc = {"header": header, "counts": counts(rows), "rows": [r.as_dict() for r in rows]}
-    (stage / "report.json").write_text(json.dumps(doc, indent=2, default=str))
+    try:
+        for exp, run_id in figure_runs.items():
+            for name in FIGURES:
+                try:
+                    got = download(run_id, name, stage / "figures" / exp)
+                except Exception:  # noqa: BLE001 - a study without that figure: the table still stands
+                    continue
+                figures.setdefault(exp, []).append(got)
+        (stage / "report.md").write_text(markdown(rows, header, figures, stage))
+        (stage / "report.html").write_text(html_page(rows, header, figures))
+        doc = {"header": header, "counts": counts(rows), "rows": [r.as_dict() for r in rows]}
+        (stage / "report.json").write_text(json.dumps(doc, indent=2, default=str))
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
     if out_dir.exists():
         shutil.rmtree(out_dir)
     os.replace(stage, out_dir)
