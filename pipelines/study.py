@@ -32,7 +32,7 @@ from pathlib import Path
 import click
 import torch
 
-from models import count_params, list_models, model_info
+from models import list_models, model_info
 from pipelines import evaluate, export_onnx, prep
 from pipelines.compare import (
     CHAMPION_RULE,
@@ -428,8 +428,8 @@ def run_trial(
     Works in-process under the active parent run and in a Ray worker (no active run: the parent
     is set by tag, the experiment by id).
     """
-    from pipelines.device import host_allocator, pick_device, pick_precision
-    from pipelines.train import build_model, checkpoint_dir, log_trained
+    from pipelines.device import pick_device, pick_precision
+    from pipelines.train import build_model, checkpoint_dir, log_trained, training_params
     from pipelines.trainer import fit
     from tracking.metrics import MetricLogger
 
@@ -475,16 +475,8 @@ def run_trial(
         if resume_id is None:
             log_params(
                 {
-                    **as_params(spec.data_cfg, cfg),
-                    **{f"recipe.{k}": v for k, v in recipe.items()},
+                    **training_params(spec.data_cfg, cfg, ds, device, precision, model, len(fit_ds.x_train)),
                     "config": spec.label,
-                    "classes_used": ",".join(map(str, ds.class_ids)),
-                    "device_used": str(device),
-                    "precision_used": precision,
-                    "channels_last": True,
-                    "cpu_allocator": host_allocator(device),
-                    "num_params": count_params(model),
-                    "n_train": len(fit_ds.x_train),
                     "val_fraction": spec.val_fraction,
                 }  # library versions, CPU/GPU and git commit: tracked_run logs them on every new run
             )
@@ -619,15 +611,17 @@ def run_study(
     ray_address: str | None = None,
     max_concurrent: int | None = None,
     within_run: str | None = None,
+    dataset: Dataset | None = None,
 ) -> dict:
     """Run (or continue) a study; returns run_id, the summary frame, champion info and the table text.
 
     With ``within_run`` (the active run, e.g. ``reproduce``) the study is a new child of it in the
     parent's experiment, and finished trials are also reused from the study's own experiment.
+    ``dataset``: ``plan.data_cfg`` already loaded by the caller (else loaded here).
     """
     executor = parse_choice("executor", executor, EXECUTORS)
     quiet_downloads()
-    ds = prep.load(plan.data_cfg)  # bad data fails here, before any run exists
+    ds = dataset or prep.load(plan.data_cfg)  # bad data fails here, before any run exists
     if within_run:
         exp_id = run_experiment_id(within_run)
         own = find_experiment_id(f"study-{plan.name}")

@@ -122,17 +122,7 @@ def run(
     y_train = torch.from_numpy(ds.y_train).to(device)
     x_test = torch.from_numpy(ds.x_test).to(device).float()
     y_test = torch.from_numpy(ds.y_test).to(device)
-    params = {
-        **as_params(data_cfg, cfg),
-        **{f"recipe.{k}": v for k, v in recipe.items()},
-        "classes_used": ",".join(map(str, ds.class_ids)),
-        "device_used": str(device),
-        "precision_used": precision,
-        "channels_last": True,
-        "cpu_allocator": host_allocator(device),
-        "num_params": count_params(model),
-        "n_train": len(x_train),
-    }
+    params = training_params(data_cfg, cfg, ds, device, precision, model, len(x_train))
     with tracked_run(f"train-{cfg.tag()}", experiment_id_for(experiment), nested=nested, run_id=resume_run_id) as rid:
         if not resume_run_id:
             log_params(params)
@@ -178,6 +168,23 @@ def run(
                 log_file(ckpt, "checkpoints")  # resumable from any machine that sees the server
         log_trained(model, model_config, state)
     return TrainResult(rid, model.eval(), state, model_config)
+
+
+def training_params(
+    data_cfg: DataConfig, cfg: TrainConfig, ds: Dataset, device, precision: str, model: nn.Module, n_train: int
+) -> dict:
+    """What a training run logs about itself: raw params, resolved recipe, and what was actually used."""
+    return {
+        **as_params(data_cfg, cfg),
+        **{f"recipe.{k}": v for k, v in cfg.recipe().items()},
+        "classes_used": ",".join(map(str, ds.class_ids)),
+        "device_used": str(device),
+        "precision_used": precision,
+        "channels_last": True,
+        "cpu_allocator": host_allocator(device),
+        "num_params": count_params(model),
+        "n_train": n_train,
+    }
 
 
 def log_trained(model: nn.Module, model_config: dict, state) -> None:

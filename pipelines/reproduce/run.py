@@ -105,23 +105,27 @@ def _fits(exp: Experiment, ds: Dataset) -> str | None:
     return None
 
 
-def resolve_data(exp: Experiment, data_dir: str, stand_in: str, real_copies) -> tuple[DataConfig | None, DataUsed]:
-    """The data an experiment trains on: its own data set if it loads, else the stand-in (or none)."""
+def resolve_data(
+    exp: Experiment, data_dir: str, stand_in: str, real_copies
+) -> tuple[DataConfig | None, DataUsed, Dataset | None]:
+    """The data an experiment trains on (config, provenance, the loaded arrays): its own data set if
+    it loads, else the stand-in (or none)."""
     cfg = data_config(exp.dataset, data_dir, exp.classes)
     try:
         ds = prep.load(cfg)
         used = provenance(ds, exp.dataset, real_copies)
     except DataError as e:
         if stand_in == "none":
-            return None, DataUsed("missing", f"{exp.dataset} not available ({e})", exp.dataset, "not available")
+            return None, DataUsed("missing", f"{exp.dataset} not available ({e})", exp.dataset, "not available"), None
         cfg = data_config(stand_in, "", "default")
         ds = prep.load(cfg)
         note = f"sklearn {stand_in} instead of {exp.dataset} (not available: {e})"
         used = DataUsed("stand-in", note, stand_in, f"{stand_in} for {exp.dataset}")
     why = _fits(exp, ds)
     if why:
-        return None, DataUsed("missing", f"{used.description}; cannot train on it: {why}", used.dataset, "unusable")
-    return cfg, used
+        note = f"{used.description}; cannot train on it: {why}"
+        return None, DataUsed("missing", note, used.dataset, "unusable"), None
+    return cfg, used, ds
 
 
 def count_params(exp: Experiment, label: str) -> int:
@@ -204,11 +208,11 @@ def run(
     book = (claims or load_claims()).select(only)
     out_dir = Path(out or f"reports/reproduce-{scale}")
     # Everything is checked (and every data set located) before any run exists.
-    plans, data_used = {}, {}
+    plans, data_used, loaded = {}, {}, {}
     for name, exp in book.experiments.items():
         if not any(c.experiment == name and c.metric != "num_params" for c in book.claims):
             continue  # only parameter counts: nothing to train
-        cfg, used = resolve_data(exp, data_dir, stand_in, book.real_copies)
+        cfg, used, loaded[name] = resolve_data(exp, data_dir, stand_in, book.real_copies)
         data_used[name] = used
         if cfg is None:
             continue
@@ -241,7 +245,7 @@ def run(
         )
         summaries, study_runs = {}, {}
         for name, plan in plans.items():
-            r = run_study(plan, within_run=parent_id)
+            r = run_study(plan, within_run=parent_id, dataset=loaded[name])
             summaries[name], study_runs[name] = r["summary"], r["run_id"]
         rows = []
         for c in book.claims:
