@@ -48,6 +48,7 @@ from common import (  # bench/common.py, first: it puts the repo root on sys.pat
     peaks,
     print_machine,
     run_fit,
+    seed_model,
     tensors,
     test_accuracy,
     write_results,
@@ -89,8 +90,8 @@ def seed_loop(
     TensorDataset + DataLoader(shuffle=True) for train and test, one-hot float targets with
     CrossEntropyLoss, ``optim.SGD(lr=5e-3, momentum=0.9)`` with torch's defaults, per step
     ``loss.item()`` + ``accuracy.item()`` and a tqdm update, a full eval pass over the test
-    DataLoader every epoch with the same per-batch stats. The model (Normalize inside, as in the
-    seed) is used as built: no channels_last, fp32.
+    DataLoader every epoch with the same per-batch stats. The model (``seed_model``: the seed's
+    Normalize and Flatten) is used as built: no channels_last, fp32.
 
     The keyword flags turn one seed habit off at a time (the lever ladder of ``--levers``); with
     their defaults this is the seed: ``dataloader=False`` slices resident tensors by a randperm,
@@ -177,7 +178,11 @@ def seed_loop(
 
 def seed_in_process(ds, pooling: str, epochs: int, seed: int, kw: dict) -> dict:
     """The seed loop on a fresh model from ``seed`` plus its final test accuracy (for ``isolated``)."""
-    model = make_model(pooling, seed, ds.num_classes, channels_last=False)
+    kw = dict(kw)
+    if kw.pop("our_layers", False):  # the lever ladder's last rung: the seed loop on our registry's model
+        model = make_model(pooling, seed, ds.num_classes, channels_last=False)
+    else:
+        model = seed_model(pooling, seed, ds.num_classes)
     res = seed_loop(model, ds, epochs, seed, **kw)
     _, _, xt, yt = tensors(ds)
     res["acc"] = test_accuracy(model, xt, yt)
@@ -260,6 +265,12 @@ def levers(ds, data, args, precision: str) -> dict:
         ("  + resident tensors, randperm slicing", "seed", {"dataloader": False}),
         ("  + class-index targets", "seed", {"dataloader": False, "one_hot": False}),
         ("  + one host sync per epoch", "seed", {"dataloader": False, "one_hot": False, "item_per_step": False}),
+        (
+            "  + our layers (one-op Normalize, layout-keeping Flatten, max pool before ReLU)",
+            "seed",
+            {"dataloader": False, "one_hot": False, "item_per_step": False, "our_layers": True},
+        ),
+        ("ours, with the seed's layers", "fit", {"seed_layers": True}),
         ("ours, channels_last off", "fit", {"channels_last": False}),
         (base_name, "fit", {}),
     ]
@@ -491,7 +502,7 @@ def gpu_path(ds, args) -> dict:
                 flush=True,
             )
     # The seed loop on the same GPU (DataLoader, per-step .item()), timed on a few epochs and extrapolated.
-    model = make_model("stride", args.seed, ds.num_classes, dev, channels_last=False)
+    model = seed_model("stride", args.seed, ds.num_classes, dev)
     s = seed_loop(model, ds, args.gpu_seed_epochs + 1, args.seed, device=dev)
     per = median(s["epoch_seconds"][1:])
     out["seed_stride_s_per_epoch"] = per

@@ -83,6 +83,44 @@ def make_model(pooling: str, seed: int, num_classes: int = 3, device="cpu", chan
     return model.to(device)
 
 
+class SeedNormalize(nn.Module):
+    """The notebook's ``Normalize``, as written there: three broadcast ops, then the NHWC -> NCHW permute."""
+
+    def __init__(self, mean, std, device):
+        super().__init__()
+        self.mean = torch.tensor(mean).to(device)  # plain attributes, as in the seed: not buffers
+        self.std = torch.tensor(std).to(device)
+
+    def forward(self, input):
+        x = input / 255.0
+        x = x - self.mean
+        x = x / self.std
+        return x.permute(0, 3, 1, 2)
+
+
+def seed_model(pooling: str, seed: int, num_classes: int = 3, device="cpu") -> nn.Module:
+    """The seed notebook's model code (its ``Normalize``, ReLU -> pool, ``nn.Flatten``) with our initial weights.
+
+    Our registry's ``pooling_cnn`` computes the same function with faster layers and order
+    (``models.layers``; max pool before its ReLU); the seed loop runs the seed's own layers, so
+    those differences count on our side of the ratio. Weights: ours for ``seed``, key for key.
+    """
+    ours = make_model(pooling, seed, num_classes, channels_last=False)
+    layers = [
+        SeedNormalize(ours[0].mean.tolist(), ours[0].std.tolist(), device),
+        nn.Conv2d(3, 32, 5, stride=4 if pooling == "stride" else 1, padding=2),
+        nn.ReLU(),
+        nn.Conv2d(32, 64, 3, stride=1, padding=1),
+        nn.ReLU(),
+        *{"max": [nn.MaxPool2d(4)], "avg": [nn.AvgPool2d(4)], "stride": []}[pooling],
+        nn.Flatten(),
+        nn.Linear(64 * 8 * 8, num_classes),
+    ]
+    model = nn.Sequential(*layers)
+    model.load_state_dict({k: v for k, v in ours.state_dict().items() if not k.startswith("0.")})  # 0: Normalize
+    return model.to(device)
+
+
 @torch.no_grad()
 def test_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> float:
     """Exact accuracy over the whole test set, computed the same way for every loop (fp32, eval mode)."""
@@ -154,10 +192,15 @@ def run_fit(
     compile_mode: str | None = None,
     on_epoch=None,
     batch_size: int | None = None,
+    seed_layers: bool = False,
 ) -> dict:
     """Our ``fit`` as ``pipelines.train`` calls it (model channels_last, data resident), with one lever changed."""
     x, y, xt, yt = data
-    model = make_model(pooling, seed, int(y.max()) + 1, x.device, channels_last)
+    if seed_layers:  # our loop on the seed notebook's model code: what models.layers is worth
+        model = seed_model(pooling, seed, int(y.max()) + 1, x.device)
+        model = model.to(memory_format=torch.channels_last) if channels_last else model
+    else:
+        model = make_model(pooling, seed, int(y.max()) + 1, x.device, channels_last)
     net = model
     if compile_mode:
         torch._dynamo.reset()  # compile from scratch: the compile time is part of what is measured

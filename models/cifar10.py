@@ -11,7 +11,7 @@ import math
 import torch.nn as nn
 
 from models import register_model
-from models.layers import Normalize
+from models.layers import Flatten, Normalize
 from models.resnets import CIFAR10_MEAN, CIFAR10_STD, S2_RECIPE, BasicBlock
 
 RESNET_RECIPE = {**S2_RECIPE, "weight_decay": 1e-4}
@@ -26,7 +26,7 @@ def deep_fcnet(num_classes: int = 10, in_shape=(32, 32, 3), mean=CIFAR10_MEAN, s
     """
     return nn.Sequential(
         Normalize(mean, std),
-        nn.Flatten(),
+        Flatten(),
         nn.Linear(math.prod(in_shape), 2048),
         nn.ReLU(),
         nn.Dropout(0.5),
@@ -53,7 +53,7 @@ def _resnet_cifar(num_classes: int, in_shape, mean, std, dropout: float, head_dr
         BasicBlock(64, 128, stride=2, bias=False, dropout=dropout),
         BasicBlock(128, 128, stride=2, bias=False, dropout=dropout),
         nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
+        Flatten(),
         *head,
         nn.Linear(128, num_classes),
     )

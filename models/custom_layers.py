@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models import register_model
-from models.layers import Normalize
+from models.layers import Flatten, Normalize
 from models.resnets import CIFAR10_MEAN, CIFAR10_STD, S2_RECIPE
 
 
@@ -124,7 +124,7 @@ def cnn_custom(num_classes: int = 10, in_shape=(32, 32, 3), mean=CIFAR10_MEAN, s
         LearnableSwish(128),
         CBAM(128),
         nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
+        Flatten(),
         nn.Linear(128, num_classes),
     )
 
@@ -147,6 +147,6 @@ def cnn_standard(num_classes: int = 10, in_shape=(32, 32, 3), mean=CIFAR10_MEAN,
         nn.Conv2d(64, 128, 3, padding=1),
         nn.ReLU(),
         nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
+        Flatten(),
         nn.Linear(128, num_classes),
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch.nn as nn
 
 from models import register_model
-from models.layers import Normalize
+from models.layers import Flatten, Normalize
 from models.resnets import CIFAR10_MEAN, CIFAR10_STD, S2_RECIPE, BasicBlock
 
 WIDTHS = (32, 64, 128, 128, 128, 128)
@@ -23,7 +23,7 @@ def plain_cnn(depth: int, num_classes: int, in_shape, mean, std) -> nn.Sequentia
     for out in WIDTHS[:depth]:
         layers += [nn.Conv2d(c, out, 3, padding=1), nn.ReLU()]
         c = out
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, num_classes)]
+    layers += [nn.AdaptiveAvgPool2d(1), Flatten(), nn.Linear(c, num_classes)]
     return nn.Sequential(*layers)
 
 
@@ -71,6 +71,6 @@ def residual_cnn(num_classes: int = 10, in_shape=(32, 32, 3), mean=CIFAR10_MEAN,
         BasicBlock(128, 128, bias=False),
         BasicBlock(128, 128, bias=False),
         nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
+        Flatten(),
         nn.Linear(128, num_classes),
     )

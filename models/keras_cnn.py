@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 from models import register_model
-from models.layers import Normalize
+from models.layers import Flatten, Normalize
 from models.resnets import CIFAR10_MEAN, CIFAR10_STD
 
 
@@ -61,7 +61,7 @@ def keras_cnn(num_classes: int = 10, in_shape=(32, 32, 3), mean=CIFAR10_MEAN, st
         nn.ReLU(),
         nn.MaxPool2d(2),
         nn.Dropout(0.2),
-        nn.Flatten(),
+        Flatten(),
         nn.Linear(128 * h * w, 512),  # 12: max-norm 3
         nn.ReLU(),
         nn.Dropout(0.5),

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch.nn as nn
 
 from models import register_model
-from models.layers import Normalize
+from models.layers import Flatten, Normalize
 from models.resnets import CIFAR10_MEAN, CIFAR10_STD, S2_RECIPE
 
 
@@ -27,7 +27,7 @@ def two_conv_gap(in_ch: int, convs: tuple[tuple[int, int], tuple[int, int]], num
         nn.Conv2d(c1, c2, k2, padding=k2 // 2),
         nn.ReLU(),
         nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
+        Flatten(),
         nn.Linear(c2, num_classes),
     )
 

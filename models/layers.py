@@ -1,4 +1,4 @@
-"""Layers shared by model families."""
+"""Layers shared by model families: the same functions as the seeds' layers, laid out for speed."""
 
 from __future__ import annotations
 
@@ -11,8 +11,11 @@ import torch.nn as nn
 class Normalize(nn.Module):
     """Raw NHWC pixels (0..255) -> normalised NCHW, inside the model so ONNX takes raw pixels.
 
-    The permute of a contiguous NHWC tensor is already channels_last in memory, so convs
-    that follow can run in channels_last without a copy.
+    The seed's ``(x / 255 - mean) / std`` is one multiply-add here, over rows of W*C values: a
+    per-channel constant broadcast over an innermost axis of 3 does not vectorise (measured 1.0 ms
+    vs 0.07 ms for a 128-image CIFAR batch on an AVX2 EPYC; results differ by float rounding only).
+    The permute of a contiguous NHWC tensor is already channels_last in memory, so convs that
+    follow run in channels_last without a copy.
     """
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]):
@@ -22,5 +25,42 @@ class Normalize(nn.Module):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = (x / 255.0 - self.mean) / self.std
+        n, h, w, c = x.shape
+        scale = (1.0 / (255.0 * self.std)).repeat(w)  # [W*C]: one value per (column, channel)
+        shift = (-self.mean / self.std).repeat(w)
+        x = torch.addcmul(shift, x.reshape(n, h, w * c), scale).view(n, h, w, c)
         return x.permute(0, 3, 1, 2)
+
+
+class _GradInChannelsLast(torch.autograd.Function):
+    """Flatten a channels_last [N, C, H, W] tensor; hand its gradient back channels_last too."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.shape = x.shape
+        return x.flatten(1)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad.reshape(ctx.shape).contiguous(memory_format=torch.channels_last)
+
+
+class Flatten(nn.Flatten):
+    """``nn.Flatten`` (same values, C,H,W order) whose gradient keeps a channels_last input's layout.
+
+    Plain flatten hands a channels_last activation an NCHW gradient; ReLU/pool backward over two
+    layouts takes a slow strided path (ReLU backward over 128x64x8x8: 1.7 ms vs 0.1 ms, pool
+    backward through extra copies). Only in training: eval and ONNX export see ``nn.Flatten``.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (
+            self.training
+            and x.requires_grad
+            and x.dim() == 4
+            and (self.start_dim, self.end_dim) == (1, -1)
+            and not x.is_contiguous()
+            and x.is_contiguous(memory_format=torch.channels_last)
+        ):
+            return _GradInChannelsLast.apply(x)
+        return super().forward(x)

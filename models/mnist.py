@@ -7,7 +7,7 @@ import math
 import torch.nn as nn
 
 from models import register_model
-from models.layers import Normalize
+from models.layers import Flatten, Normalize
 from models.resnets import S2_RECIPE, BasicBlock
 
 MNIST_MEAN = (0.1307,)
@@ -22,7 +22,7 @@ def fcnet(num_classes: int = 10, in_shape=(28, 28, 1), mean=MNIST_MEAN, std=MNIS
     """
     return nn.Sequential(
         Normalize(mean, std),
-        nn.Flatten(),
+        Flatten(),
         nn.Linear(math.prod(in_shape), 512),
         nn.ReLU(),
         nn.Linear(512, 256),
@@ -48,7 +48,7 @@ def simple_cnn(num_classes: int = 10, in_shape=(28, 28, 1), mean=MNIST_MEAN, std
     for out in (32, 64, 128):
         layers += [nn.Conv2d(c, out, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
         c = out
-    layers += [nn.Flatten(), nn.Linear(128 * h * w, 128), nn.ReLU(), nn.Linear(128, num_classes)]
+    layers += [Flatten(), nn.Linear(128 * h * w, 128), nn.ReLU(), nn.Linear(128, num_classes)]
     return nn.Sequential(*layers)
 
 
@@ -70,6 +70,6 @@ def resnet_like(num_classes: int = 10, in_shape=(28, 28, 1), mean=MNIST_MEAN, st
         BasicBlock(32, 64, stride=2),
         BasicBlock(64, 128, stride=2),
         nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
+        Flatten(),
         nn.Linear(128, num_classes),
     )

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 from models import register_model
-from models.layers import Normalize
+from models.layers import Flatten, Normalize
 
 # The S2 seed's recipe (cnn-vs-fc-architecture-studies.md): Adam 1e-3, batch 128, 10 epochs.
 S2_RECIPE = {"optimizer": "adam", "lr": 1e-3, "batch_size": 128, "epochs": 10, "momentum": 0.0}
@@ -92,7 +92,7 @@ def _study_resnet(blocks: list[nn.Module], num_classes: int, in_shape, mean, std
         nn.ReLU(),
         *blocks,
         nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
+        Flatten(),
         nn.Linear(128, num_classes),
     )
 

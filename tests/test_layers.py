@@ -1,0 +1,88 @@
+"""``models.layers``: the same functions as the seed's layers (values and gradients), in a faster layout."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from models import create_model
+from models.layers import Flatten, Normalize
+
+MEAN, STD = (0.5074, 0.4867, 0.4411), (0.2011, 0.1987, 0.2025)
+
+
+def seed_normalize(x: torch.Tensor) -> torch.Tensor:
+    """The lab-2 notebook's Normalize.forward, verbatim."""
+    x = x / 255.0
+    x = x - torch.tensor(MEAN)
+    x = x / torch.tensor(STD)
+    return x.permute(0, 3, 1, 2)
+
+
+def test_normalize_equals_the_seed_formula():
+    x = torch.rand(5, 7, 9, 3, generator=torch.Generator().manual_seed(0)) * 255  # H != W: rows are W*C long
+    got = Normalize(MEAN, STD)(x)
+    torch.testing.assert_close(got, seed_normalize(x), rtol=1e-6, atol=1e-6)
+    assert got.shape == (5, 3, 7, 9)
+    assert got.is_contiguous(memory_format=torch.channels_last)  # convs after it run channels_last
+
+
+def test_normalize_state_dict_keeps_mean_and_std():
+    assert set(Normalize(MEAN, STD).state_dict()) == {"mean", "std"}
+
+
+def channels_last_input() -> torch.Tensor:
+    x = torch.randn(4, 6, 3, 5, generator=torch.Generator().manual_seed(0))
+    return x.contiguous(memory_format=torch.channels_last).requires_grad_()
+
+
+def test_flatten_values_and_gradient_in_training():
+    x = channels_last_input()
+    w = torch.randn(6 * 3 * 5, 2)
+    (Flatten()(x) @ w).sum().backward()
+    ref = x.detach().clone().requires_grad_()
+    (nn.Flatten()(ref) @ w).sum().backward()
+    torch.testing.assert_close(Flatten()(x), nn.Flatten()(x))  # C,H,W order, like nn.Flatten
+    torch.testing.assert_close(x.grad, ref.grad)
+
+
+def test_flatten_hands_relu_a_gradient_in_its_own_layout():
+    """ReLU's backward must see one layout: the slow mixed-layout path is what Flatten removes."""
+    x = channels_last_input()
+    seen = {}
+    h = torch.relu(x)
+    h.register_hook(lambda g: seen.setdefault("grad", g))
+    Flatten()(h).sum().backward()
+    assert seen["grad"].is_contiguous(memory_format=torch.channels_last)
+
+
+def test_flatten_in_eval_and_without_grad_is_plain_flatten():
+    x = channels_last_input()
+    layer = Flatten().eval()
+    out = layer(x)
+    assert out.grad_fn is not None and "GradInChannelsLast" not in type(out.grad_fn).__name__
+    with torch.no_grad():
+        assert torch.equal(Flatten()(x), x.flatten(1))
+
+
+@pytest.mark.parametrize("pooling", ["stride", "max", "avg"])
+def test_pooling_cnn_is_the_seed_network(pooling):
+    """Our pooling_cnn (vectorised Normalize, max pool before its ReLU, layout-keeping Flatten) computes
+    the seed's network: same logits and same gradients for the same weights."""
+    torch.manual_seed(0)
+    ours = create_model("pooling_cnn", num_classes=3, pooling=pooling).to(memory_format=torch.channels_last)
+    stride = 4 if pooling == "stride" else 1
+    pool = {"max": [nn.MaxPool2d(4)], "avg": [nn.AvgPool2d(4)], "stride": []}[pooling]
+    body = [nn.Conv2d(3, 32, 5, stride=stride, padding=2), nn.ReLU(), nn.Conv2d(32, 64, 3, padding=1), nn.ReLU()]
+    seed = nn.Sequential(nn.Identity(), *body, *pool, nn.Flatten(), nn.Linear(64 * 8 * 8, 3))
+    seed.load_state_dict({k: v for k, v in ours.state_dict().items() if not k.startswith("0.")})
+    x = torch.rand(16, 32, 32, 3, generator=torch.Generator().manual_seed(1)) * 255
+    y = torch.randint(0, 3, (16,), generator=torch.Generator().manual_seed(2))
+    logits = ours(x)
+    torch.testing.assert_close(logits, seed(seed_normalize(x)), rtol=1e-4, atol=1e-5)
+    F.cross_entropy(logits, y).backward()
+    F.cross_entropy(seed(seed_normalize(x)), y).backward()
+    for (name, p), q in zip(ours.named_parameters(), seed.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=name)
