@@ -68,6 +68,24 @@ def real_data(name: str) -> Path:
     return SHARED_DATA
 
 
+def crash_after_epoch(fit, epoch: int, message: str):
+    """``fit`` wrapped so that its ``on_epoch`` hook raises ``RuntimeError(message)`` after epoch ``epoch``.
+
+    The epoch's metrics are logged first, then the crash comes before that epoch's checkpoint:
+    what a power cut mid-run leaves behind.
+    """
+
+    def crashing_fit(*args, on_epoch=None, **kw):
+        def hook(done, metrics):
+            on_epoch(done, metrics)
+            if done == epoch:
+                raise RuntimeError(message)
+
+        return fit(*args, on_epoch=hook, **kw)
+
+    return crashing_fit
+
+
 def assert_one_epoch_runs_landed(client, experiment: str, printed: set[str], n: int) -> None:
     """Concurrent 1-epoch train runs (seeds 0..n-1): each landed once in one experiment, complete."""
     (exp,) = client.search_experiments(filter_string=f"name = '{experiment}'")  # created once

@@ -28,7 +28,7 @@ from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
 from pipelines.__main__ import cli
-from tests.conftest import ROOT
+from tests.conftest import ROOT, crash_after_epoch
 
 # Small and deterministic: sklearn's digits (offline), a small CNN, CPU fp32, one thread.
 TINY = [
@@ -375,16 +375,7 @@ def test_exception_mid_training_fails_run_and_parent_then_resumes_exactly(tracki
     from pipelines.config import data_config, export_config, train_config
 
     real_fit = train_mod.fit
-
-    def crashing_fit(*args, on_epoch=None, **kw):
-        def hook(epoch, metrics):
-            on_epoch(epoch, metrics)  # logged first: the crash comes after epoch 2's metrics
-            if epoch == 2:
-                raise RuntimeError("disk on fire at epoch 2")
-
-        return real_fit(*args, on_epoch=hook, **kw)
-
-    monkeypatch.setattr(train_mod, "fit", crashing_fit)
+    monkeypatch.setattr(train_mod, "fit", crash_after_epoch(real_fit, 2, "disk on fire at epoch 2"))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the same thread count for every part that is compared
     name = _unique("crash")

@@ -22,6 +22,7 @@ from pipelines.segment import (
     segment_config,
     segmentation_scores,
 )
+from tests.conftest import crash_after_epoch
 
 TINY = {"n_train": 12, "n_test": 4, "size": (24, 20), "max_digits": 2, "seed": 3}
 TINY_LEARN, TINY_LEARN_EPOCHS = 96, 40  # canvases, epochs of the multiclass learning test (~15 s, 1 thread)
@@ -324,15 +325,7 @@ def test_segment_resume_continues_exactly_like_an_uninterrupted_run(tracking, mo
         "registered_model_name": "none",
     }
     real_fit = segment.fit
-
-    def crashing_fit(*args, on_epoch=None, **kw):
-        def hook(epoch, metrics):
-            on_epoch(epoch, metrics)  # logged first: the crash comes before epoch 2's checkpoint
-            if epoch == 2:
-                raise RuntimeError("power cut at epoch 2")
-
-        return real_fit(*args, on_epoch=hook, **kw)
-
+    crashing_fit = crash_after_epoch(real_fit, 2, "power cut at epoch 2")
     client = MlflowClient()
     name = f"segment-resume-{uuid.uuid4().hex[:8]}"
     threads = torch.get_num_threads()
