@@ -266,7 +266,7 @@ def levers(ds, data, args, precision: str) -> dict:
         ("  + class-index targets", "seed", {"dataloader": False, "one_hot": False}),
         ("  + one host sync per epoch", "seed", {"dataloader": False, "one_hot": False, "item_per_step": False}),
         (
-            "  + our layers (one-op Normalize, layout-keeping Flatten, max pool before ReLU)",
+            "  + our layers (one-op Normalize, layout-keeping Flatten, NHWC-order head, max pool before ReLU)",
             "seed",
             {"dataloader": False, "one_hot": False, "item_per_step": False, "our_layers": True},
         ),

@@ -102,8 +102,9 @@ def seed_model(pooling: str, seed: int, num_classes: int = 3, device="cpu") -> n
     """The seed notebook's model code (its ``Normalize``, ReLU -> pool, ``nn.Flatten``) with our initial weights.
 
     Our registry's ``pooling_cnn`` computes the same function with faster layers and order
-    (``models.layers``; max pool before its ReLU); the seed loop runs the seed's own layers, so
-    those differences count on our side of the ratio. Weights: ours for ``seed``, key for key.
+    (``models.layers``; max pool before its ReLU, flatten + linear as one NHWC-order module); the
+    seed loop runs the seed's own layers, so those differences count on our side of the ratio.
+    Weights: ours for ``seed``, tensor for tensor in order.
     """
     ours = make_model(pooling, seed, num_classes, channels_last=False)
     layers = [
@@ -117,7 +118,8 @@ def seed_model(pooling: str, seed: int, num_classes: int = 3, device="cpu") -> n
         nn.Linear(64 * 8 * 8, num_classes),
     ]
     model = nn.Sequential(*layers)
-    model.load_state_dict({k: v for k, v in ours.state_dict().items() if not k.startswith("0.")})  # 0: Normalize
+    weights = [v for k, v in ours.state_dict().items() if not k.startswith("0.")]  # 0: Normalize's mean/std
+    model.load_state_dict(dict(zip(model.state_dict(), weights, strict=True)))  # in order: our head is one module
     return model.to(device)
 
 

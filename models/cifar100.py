@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch.nn as nn
 
 from models import register_model
-from models.layers import Flatten, Normalize
+from models.layers import Flatten, FlattenLinear, Normalize
 
 POOLINGS = ("stride", "max", "avg")
 
@@ -62,5 +62,5 @@ def pooling_cnn(
         layers += [nn.ReLU(), nn.AvgPool2d(4)]
     else:
         layers.append(nn.ReLU())
-    layers += [Flatten(), nn.Linear(64 * h * w, num_classes)]
+    layers.append(FlattenLinear(64, h, w, num_classes))
     return nn.Sequential(*layers)

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 
 class Normalize(nn.Module):
@@ -64,3 +65,34 @@ class Flatten(nn.Flatten):
         ):
             return _GradInChannelsLast.apply(x)
         return super().forward(x)
+
+
+class FlattenLinear(nn.Linear):
+    """``nn.Flatten`` then ``nn.Linear`` over a [C, H, W] map, in one module: same weights, same function.
+
+    The weight's columns are in the seed's flattened C,H,W order. In training on a channels_last map,
+    C,H,W flattening copies the activations forward and their gradient backward (an 8x8x64 map at
+    batch 128: 2 MB each way); here the product runs in the NHWC order the memory already has, with
+    the weight's columns permuted to match (a [out, C*H*W] copy, 12K values for 3 classes), so the
+    gradient comes back channels_last as well. Measured on the stride pooling CNN, 2-core AVX2 EPYC:
+    ~1.6 ms of a ~16 ms training step. Eval and ONNX export see exactly flatten + linear.
+    """
+
+    def __init__(self, channels: int, height: int, width: int, out_features: int, bias: bool = True):
+        super().__init__(channels * height * width, out_features, bias)
+        self.map_shape = (channels, height, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (
+            self.training
+            and x.dim() == 4
+            and not x.is_contiguous()
+            and x.is_contiguous(memory_format=torch.channels_last)
+        ):
+            c, h, w = self.map_shape
+            weight = self.weight.view(-1, c, h, w).permute(0, 2, 3, 1).reshape(self.out_features, -1)
+            return F.linear(x.permute(0, 2, 3, 1).reshape(len(x), -1), weight, self.bias)
+        return super().forward(x.flatten(1))
+
+    def extra_repr(self) -> str:
+        return f"map_shape={self.map_shape}, " + super().extra_repr()

@@ -24,6 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from pipelines.config import ConfigError
 from pipelines.device import autocast_dtype, tune_cpu_allocator
 
 EpochCallback = Callable[[int, dict[str, float]], None]
@@ -144,7 +145,13 @@ def load_checkpoint(
     path: Path, model: nn.Module, opt, sched, gen: torch.Generator, aug_gen: torch.Generator | None = None
 ) -> TrainState:
     blob = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle arbitrary objects
-    model.load_state_dict(blob["model"])
+    try:
+        model.load_state_dict(blob["model"])
+    except RuntimeError as e:  # missing/unexpected keys or shapes: torch's message spans many lines
+        raise ConfigError(
+            f"checkpoint {path} does not fit this model (written by another model or an older version of it: "
+            f"{str(e).splitlines()[0][:200]}); start a new run instead of resuming this one"
+        ) from None
     opt.load_state_dict(blob["optimizer"])
     sched.load_state_dict(blob["scheduler"])
     gen.set_state(blob["generator"])

@@ -93,7 +93,7 @@ def test_gradients_run(tracking, trained):
         rid,
         src,
         "gradients",
-        ("grad_mean_abs/1", "grad_norm/1", "grad_mean_abs/7", "grad_norm/7", "train_loss", "vanishing_layers"),
+        ("grad_mean_abs/1", "grad_norm/1", "grad_mean_abs/6", "grad_norm/6", "train_loss", "vanishing_layers"),
         ("gradients/gradient_flow.png", "gradients/history.json"),
     )
     assert [m.step for m in MlflowClient().get_metric_history(rid, "grad_norm/3")] == [1, 2]

@@ -8,7 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models import create_model
-from models.layers import Flatten, Normalize
+from models.layers import Flatten, FlattenLinear, Normalize
 
 MEAN, STD = (0.5074, 0.4867, 0.4411), (0.2011, 0.1987, 0.2025)
 
@@ -67,9 +67,42 @@ def test_flatten_in_eval_and_without_grad_is_plain_flatten():
         assert torch.equal(Flatten()(x), x.flatten(1))
 
 
+def flatten_linear_pair() -> tuple[FlattenLinear, nn.Sequential]:
+    """A FlattenLinear and nn.Flatten + nn.Linear with the same weights (map 6x3x5: H != W)."""
+    torch.manual_seed(0)
+    ours = FlattenLinear(6, 3, 5, 4)
+    ref = nn.Sequential(nn.Flatten(), nn.Linear(6 * 3 * 5, 4))
+    ref[1].load_state_dict(ours.state_dict())
+    return ours, ref
+
+
+def test_flatten_linear_is_flatten_then_linear_in_training():
+    ours, ref = flatten_linear_pair()
+    x = channels_last_input()
+    x_ref = x.detach().clone().requires_grad_()
+    out = ours(x)
+    torch.testing.assert_close(out, ref(x_ref), rtol=1e-5, atol=1e-6)
+    out.square().sum().backward()
+    ref(x_ref).square().sum().backward()
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-6)
+    assert x.grad.is_contiguous(memory_format=torch.channels_last)  # no layout change for the ReLU before it
+    for (name, p), q in zip(ours.named_parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_flatten_linear_state_dict_and_eval_path_are_nn_linear():
+    ours, ref = flatten_linear_pair()
+    assert set(ours.state_dict()) == {"weight", "bias"} and ours.weight.shape == (4, 6 * 3 * 5)
+    x = channels_last_input()
+    ours.eval()
+    with torch.no_grad():
+        assert torch.equal(ours(x), ref(x))  # eval / ONNX export: exactly flatten + linear
+        assert torch.equal(ours(x.flatten(1)), ref(x))  # an already flat input is accepted too
+
+
 @pytest.mark.parametrize("pooling", ["stride", "max", "avg"])
 def test_pooling_cnn_is_the_seed_network(pooling):
-    """Our pooling_cnn (vectorised Normalize, max pool before its ReLU, layout-keeping Flatten) computes
+    """Our pooling_cnn (vectorised Normalize, max pool before its ReLU, NHWC-order FlattenLinear) computes
     the seed's network: same logits and same gradients for the same weights."""
     torch.manual_seed(0)
     ours = create_model("pooling_cnn", num_classes=3, pooling=pooling).to(memory_format=torch.channels_last)
@@ -77,7 +110,8 @@ def test_pooling_cnn_is_the_seed_network(pooling):
     pool = {"max": [nn.MaxPool2d(4)], "avg": [nn.AvgPool2d(4)], "stride": []}[pooling]
     body = [nn.Conv2d(3, 32, 5, stride=stride, padding=2), nn.ReLU(), nn.Conv2d(32, 64, 3, padding=1), nn.ReLU()]
     seed = nn.Sequential(nn.Identity(), *body, *pool, nn.Flatten(), nn.Linear(64 * 8 * 8, 3))
-    seed.load_state_dict({k: v for k, v in ours.state_dict().items() if not k.startswith("0.")})
+    weights = [v for k, v in ours.state_dict().items() if not k.startswith("0.")]  # 0: Normalize's mean/std
+    seed.load_state_dict(dict(zip(seed.state_dict(), weights, strict=True)))
     x = torch.rand(16, 32, 32, 3, generator=torch.Generator().manual_seed(1)) * 255
     y = torch.randint(0, 3, (16,), generator=torch.Generator().manual_seed(2))
     logits = ours(x)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -70,6 +72,29 @@ def test_metric_logger_batches_and_keeps_a_local_copy(tracking, tmp_path, monkey
     assert [m.step for m in history] == list(range(1, 301))
     rows = [json.loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()]
     assert len(rows) == 300 and rows[-1]["a"] == 300.0
+
+
+def test_metric_logger_sends_in_the_background(tracking, tmp_path, monkeypatch):
+    """A slow server does not stall training: periodic sends run on the sender thread, flush() waits."""
+    calls = []
+    with tracked_run("metrics-bg", experiment_id_for("metrics")) as rid:
+        logger = MetricLogger(rid, tmp_path / "m.jsonl", flush_every_s=0)
+        original = logger._client.log_batch
+
+        def slow_log_batch(*a, **k):
+            time.sleep(0.5)
+            calls.append(threading.current_thread().name)
+            return original(*a, **k)
+
+        monkeypatch.setattr(logger._client, "log_batch", slow_log_batch)
+        t0 = time.monotonic()
+        for step in range(1, 11):
+            logger.log({"a": float(step)}, step)
+        assert time.monotonic() - t0 < 0.4  # ten log() calls, none waited for a 0.5 s request
+        assert logger.flush()
+    assert calls[0].startswith("metric-sender")  # the first send went to the background
+    assert calls[-1] == threading.current_thread().name  # flush() sends what is left itself
+    assert [m.step for m in MlflowClient().get_metric_history(rid, "a")] == list(range(1, 11))
 
 
 def test_resync_sends_only_what_is_missing(tracking, tmp_path):

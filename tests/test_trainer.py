@@ -61,6 +61,18 @@ def test_same_seed_same_weights(tensors):
         assert torch.equal(va, vb), k
 
 
+def test_resuming_a_checkpoint_of_another_model_is_a_one_line_error(tensors, tmp_path):
+    from pipelines.config import ConfigError
+
+    ckpt = tmp_path / "last.pt"
+    train(tensors, {**RECIPE, "epochs": 1}, checkpoint_path=ckpt)
+    torch.manual_seed(0)
+    other = create_model("pooling_cnn", num_classes=3, pooling="max")  # same names, other layer order
+    with pytest.raises(ConfigError, match=r"does not fit this model .*start a new run") as e:
+        train(tensors, {**RECIPE, "epochs": 2}, net=other, checkpoint_path=ckpt, resume=True)
+    assert "\n" not in str(e.value)
+
+
 def test_eval_every_still_evaluates_the_last_epoch(tensors):
     _, state = train(tensors, {**RECIPE, "epochs": 5}, eval_every=2)
     assert [h["epoch"] for h in state.history if "val_acc" in h] == [2, 4, 5]
