@@ -150,7 +150,7 @@ def load_checkpoint(
     except RuntimeError as e:  # missing/unexpected keys or shapes: torch's message spans many lines
         raise ConfigError(
             f"checkpoint {path} does not fit this model (written by another model or an older version of it: "
-            f"{str(e).splitlines()[0][:200]}); start a new run instead of resuming this one"
+            f"{' '.join(str(e).split())[:300]}); start a new run instead of resuming this one"
         ) from None
     opt.load_state_dict(blob["optimizer"])
     sched.load_state_dict(blob["scheduler"])

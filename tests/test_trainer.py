@@ -68,7 +68,7 @@ def test_resuming_a_checkpoint_of_another_model_is_a_one_line_error(tensors, tmp
     train(tensors, {**RECIPE, "epochs": 1}, checkpoint_path=ckpt)
     torch.manual_seed(0)
     other = create_model("pooling_cnn", num_classes=3, pooling="max")  # same names, other layer order
-    with pytest.raises(ConfigError, match=r"does not fit this model .*start a new run") as e:
+    with pytest.raises(ConfigError, match=r"does not fit this model .*Missing key.*start a new run") as e:
         train(tensors, {**RECIPE, "epochs": 2}, net=other, checkpoint_path=ckpt, resume=True)
     assert "\n" not in str(e.value)
 
