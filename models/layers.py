@@ -33,6 +33,11 @@ class Normalize(nn.Module):
         return x.permute(0, 3, 1, 2)
 
 
+def _channels_last_map(x: torch.Tensor) -> bool:
+    """A [N, C, H, W] tensor stored channels_last (NHWC in memory), not also plain contiguous."""
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
 class _GradInChannelsLast(torch.autograd.Function):
     """Flatten a channels_last [N, C, H, W] tensor; hand its gradient back channels_last too."""
 
@@ -55,14 +60,7 @@ class Flatten(nn.Flatten):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (
-            self.training
-            and x.requires_grad
-            and x.dim() == 4
-            and (self.start_dim, self.end_dim) == (1, -1)
-            and not x.is_contiguous()
-            and x.is_contiguous(memory_format=torch.channels_last)
-        ):
+        if self.training and x.requires_grad and (self.start_dim, self.end_dim) == (1, -1) and _channels_last_map(x):
             return _GradInChannelsLast.apply(x)
         return super().forward(x)
 
@@ -83,12 +81,7 @@ class FlattenLinear(nn.Linear):
         self.map_shape = (channels, height, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (
-            self.training
-            and x.dim() == 4
-            and not x.is_contiguous()
-            and x.is_contiguous(memory_format=torch.channels_last)
-        ):
+        if self.training and _channels_last_map(x):
             c, h, w = self.map_shape
             weight = self.weight.view(-1, c, h, w).permute(0, 2, 3, 1).reshape(self.out_features, -1)
             return F.linear(x.permute(0, 2, 3, 1).reshape(len(x), -1), weight, self.bias)

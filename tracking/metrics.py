@@ -101,17 +101,18 @@ class MetricLogger:
             return 0, "no answer from /health"
         sent = 0
         for i in range(0, len(batch), MAX_PER_REQUEST):
+            chunk = batch[i : i + MAX_PER_REQUEST]
             try:
-                self._client.log_batch(self.run_id, metrics=batch[i : i + MAX_PER_REQUEST])
+                self._client.log_batch(self.run_id, metrics=chunk)
             except Exception as e:  # noqa: BLE001 - any failure: keep the values, try again later
                 return sent, " ".join(str(e).split())[:200]
-            sent += len(batch[i : i + MAX_PER_REQUEST])
+            sent += len(chunk)
         return sent, None
 
-    def _settle_in_flight(self) -> bool:
+    def _settle_in_flight(self) -> None:
         future, batch = self._in_flight
         self._in_flight = None
-        return self._settle(batch, *future.result())
+        self._settle(batch, *future.result())
 
     def _settle(self, batch: list[Metric], sent: int, error: str | None) -> bool:
         """Record a send's outcome: unsent values back in front of the buffer, or the server back online."""
