@@ -7,24 +7,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models import create_model
+from bench.common import SeedNormalize, make_model, seed_model  # the benchmark's seed baseline
+from models.cifar100 import POOLINGS
 from models.layers import Flatten, FlattenLinear, Normalize
 
 MEAN, STD = (0.5074, 0.4867, 0.4411), (0.2011, 0.1987, 0.2025)
 
 
-def seed_normalize(x: torch.Tensor) -> torch.Tensor:
-    """The lab-2 notebook's Normalize.forward, verbatim."""
-    x = x / 255.0
-    x = x - torch.tensor(MEAN)
-    x = x / torch.tensor(STD)
-    return x.permute(0, 3, 1, 2)
-
-
 def test_normalize_equals_the_seed_formula():
     x = torch.rand(5, 7, 9, 3, generator=torch.Generator().manual_seed(0)) * 255  # H != W: rows are W*C long
     got = Normalize(MEAN, STD)(x)
-    torch.testing.assert_close(got, seed_normalize(x), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(got, SeedNormalize(MEAN, STD, "cpu")(x), rtol=1e-6, atol=1e-6)
     assert got.shape == (5, 3, 7, 9)
     assert got.is_contiguous(memory_format=torch.channels_last)  # convs after it run channels_last
 
@@ -100,23 +93,18 @@ def test_flatten_linear_state_dict_and_eval_path_are_nn_linear():
         assert torch.equal(ours(x.flatten(1)), ref(x))  # an already flat input is accepted too
 
 
-@pytest.mark.parametrize("pooling", ["stride", "max", "avg"])
+@pytest.mark.parametrize("pooling", POOLINGS)
 def test_pooling_cnn_is_the_seed_network(pooling):
     """Our pooling_cnn (vectorised Normalize, max pool before its ReLU, NHWC-order FlattenLinear) computes
-    the seed's network: same logits and same gradients for the same weights."""
-    torch.manual_seed(0)
-    ours = create_model("pooling_cnn", num_classes=3, pooling=pooling).to(memory_format=torch.channels_last)
-    stride = 4 if pooling == "stride" else 1
-    pool = {"max": [nn.MaxPool2d(4)], "avg": [nn.AvgPool2d(4)], "stride": []}[pooling]
-    body = [nn.Conv2d(3, 32, 5, stride=stride, padding=2), nn.ReLU(), nn.Conv2d(32, 64, 3, padding=1), nn.ReLU()]
-    seed = nn.Sequential(nn.Identity(), *body, *pool, nn.Flatten(), nn.Linear(64 * 8 * 8, 3))
-    weights = [v for k, v in ours.state_dict().items() if not k.startswith("0.")]  # 0: Normalize's mean/std
-    seed.load_state_dict(dict(zip(seed.state_dict(), weights, strict=True)))
+    the seed's network (``bench.common.seed_model``: the notebook's layers, which the benchmark's seed
+    loop trains, given our initial weights): same logits and same gradients."""
+    ours = make_model(pooling, 0)  # channels_last, as the trainer runs it
+    seed = seed_model(pooling, 0)
     x = torch.rand(16, 32, 32, 3, generator=torch.Generator().manual_seed(1)) * 255
     y = torch.randint(0, 3, (16,), generator=torch.Generator().manual_seed(2))
     logits = ours(x)
-    torch.testing.assert_close(logits, seed(seed_normalize(x)), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(logits, seed(x), rtol=1e-4, atol=1e-5)
     F.cross_entropy(logits, y).backward()
-    F.cross_entropy(seed(seed_normalize(x)), y).backward()
+    F.cross_entropy(seed(x), y).backward()
     for (name, p), q in zip(ours.named_parameters(), seed.parameters(), strict=True):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=name)
