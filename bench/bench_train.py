@@ -173,7 +173,7 @@ def seed_loop(
         epoch_seconds.append(time.perf_counter() - t0)
     pbar.close()
     devnull.close()
-    return {"epoch_seconds": epoch_seconds, "seed_val_acc": float(losses_val[-1][0][1]) / 100}
+    return {"epoch_seconds": epoch_seconds, "seed_test_acc": float(losses_val[-1][0][1]) / 100}
 
 
 def seed_in_process(ds, pooling: str, epochs: int, seed: int, kw: dict) -> dict:

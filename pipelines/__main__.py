@@ -6,6 +6,7 @@ Each command is an MLproject entry point. Parameters arrive as strings and are c
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
@@ -41,11 +42,14 @@ def entry_point(fn):
         from mlflow.exceptions import MlflowException
 
         from tracking import RunKilled, TrackingError, configure
-        from tracking.runs import describe_mlflow_error
+        from tracking.runs import STARTED, describe_mlflow_error
 
+        STARTED.clear()  # only runs this command starts are linked
         try:
             configure()
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
+            _print_link()
+            return result
         except (*USER_ERRORS, TrackingError) as e:
             _fail(str(e), 2)
         except MlflowException as e:  # a missing run/model, credentials, a dead server: one line; else traceback
@@ -61,6 +65,15 @@ def entry_point(fn):
             sys.exit(143)
 
     return wrapper
+
+
+def _print_link() -> None:
+    """The MLflow UI page (training view) of the first run this command started, on stderr."""
+    from tracking.runs import STARTED, run_url
+
+    if STARTED:  # a link is a convenience: failing to make one leaves the command's result standing
+        with contextlib.suppress(Exception):
+            click.echo(f"view: {run_url(STARTED[0])}", err=True)
 
 
 def data_options(fn):
@@ -91,6 +104,8 @@ def train_options(fn):
         ("--precision", AUTO, "auto | fp32 | bf16 | fp16 (auto: bf16 only where native)."),
         ("--eval-every", "1", "Epochs between test evaluations (last epoch always)."),
         ("--checkpoint-every", "50", "Epochs between checkpoints."),
+        ("--val-fraction", "0.0", "Share of train held out as the validation split (val_* metrics), 0..0.5."),
+        ("--system-metrics", "true", "true | false: MLflow samples CPU/memory (GPU) while training."),
     ]
     for name, default, help_ in reversed(opts):
         fn = click.option(name, default=default, show_default=True, help=help_)(fn)
@@ -101,9 +116,9 @@ def export_options(fn):
     fn = click.option("--parity-tol", default="1e-4", show_default=True, help="Max |onnxruntime - torch|.")(fn)
     return click.option(
         "--registered-model-name",
-        default="cifar100-cnn",
+        default="auto",
         show_default=True,
-        help="Registry name; 'none' = do not register.",
+        help="Registry name; auto = <dataset>-<model> (+ -c<ids> for non-default classes); none = do not register.",
     )(fn)
 
 
@@ -151,7 +166,8 @@ def train(dataset, data_dir, classes, experiment, resume_run_id, **kw):
     result = step.run(data_cfg, cfg, experiment=experiment or None, resume_run_id=resume_run_id or None)
     last = result.state.history[-1]
     click.echo(
-        f"train run {result.run_id}: {result.state.epoch} epochs, val_acc {last.get('val_acc', float('nan')):.4f}"
+        f"train run {result.run_id}: {result.state.epoch} epochs, test_acc {last.get('test_acc', float('nan')):.4f}"
+        + (f", val_acc {last['val_acc']:.4f}" if "val_acc" in last else "")
     )
 
 
@@ -249,10 +265,20 @@ def models():
 @click.option("--artifacts-destination", default="./mlartifacts", show_default=True)
 def server(port, backend_store_uri, artifacts_destination):
     """Start a local MLflow tracking server + UI on 127.0.0.1 (Ctrl-C stops it)."""
+    from tracking.runs import TrackingError
     from tracking.server import start_server, stop_server
+    from tracking.store import ensure_store
+
+    try:
+        ensure_store(backend_store_uri)  # created or migrated once, under the store's lock
+    except TrackingError as e:
+        _fail(str(e), 2)
 
     proc, url = start_server(backend_store_uri, artifacts_destination, port=port)
-    click.echo(f"MLflow server + UI at {url}  (export MLFLOW_TRACKING_URI={url}); Ctrl-C to stop")
+    click.echo(
+        f"MLflow server + UI at {url}/#/experiments?workflowType=machine_learning  "
+        f"(export MLFLOW_TRACKING_URI={url}); Ctrl-C to stop"
+    )
     try:
         proc.wait()
     except KeyboardInterrupt:
@@ -332,7 +358,7 @@ def _refs(raw: tuple[str, ...]) -> list[str]:
     "--registered-model-name",
     default=AUTO,
     show_default=True,
-    help="Registry name for champion/challenger; auto = <dataset>-<study>; none = do not register.",
+    help="Registry name for champion/challenger; auto = <dataset>-<study> (+ -c<ids>); none = do not register.",
 )
 @_executor_options
 @experiment_option
@@ -350,7 +376,7 @@ def study(name, configs, seeds, scale, epochs, dataset, data_dir, classes, devic
     r = step.run_study(
         plan,
         experiment=kw["experiment"] or None,
-        registered_model_name=step.default_registered_name(plan, kw["registered_model_name"]),
+        registered_model_name=kw["registered_model_name"],
         executor=kw["executor"],
         ray_address=kw["ray_address"] or None,
         max_concurrent=parse_int("max_concurrent", kw["max_concurrent"], allow_auto=True),
@@ -462,7 +488,9 @@ def resync(run_id, status):
 
 
 @cli.command()
-@click.option("--model-uri", required=True, help="Registered ONNX classifier, e.g. models:/cifar100-cnn@champion.")
+@click.option(
+    "--model-uri", required=True, help="ONNX classifier: models:/cifar100-pooling_cnn@champion or a local .onnx file."
+)
 @click.option("--top-k", default="3", show_default=True, help="Classes to print per image.")
 @click.option("--resize/--no-resize", default=True, show_default=True, help="Resize images to the model's input.")
 @click.argument("images", nargs=-1)
@@ -476,7 +504,8 @@ def classify(model_uri, top_k, resize, images):
     k = parse_int("top_k", top_k)
     for pred in predict(model_uri, list(images), k, resize):
         if pred.resized:
-            click.echo(f"note: {pred.path} is {pred.size[0]}x{pred.size[1]}, resized to the model's input", err=True)
+            size = f"{pred.size[0]}x{pred.size[1]}"
+            click.echo(f"note: {pred.path} is {size}, centre-cropped and area-averaged to the model's input", err=True)
         click.echo(format_prediction(pred))
 
 
@@ -521,7 +550,8 @@ def server_postgres(port, host, backend_store_uri, artifacts_destination, app_na
     except RuntimeError as e:
         _fail(str(e), 1)
     click.echo(
-        f"MLflow server + UI at {url} on {redact(uri)}{' (database created)' if created else ''}, artifacts in "
+        f"MLflow server + UI at {url}/#/experiments?workflowType=machine_learning on {redact(uri)}"
+        f"{' (database created)' if created else ''}, artifacts in "
         f"{artifacts_destination}  (export MLFLOW_TRACKING_URI={url}); Ctrl-C to stop"
     )
     try:
@@ -661,6 +691,21 @@ def reproduce(only, scale, seeds, data_dir, stand_in, out, device, precision, ex
 
 
 # --- end reproduce (issue 12) ---
+
+
+@cli.command("init-store")
+@entry_point
+def init_store():
+    """Create or migrate the sqlite tracking store once, under a file lock; repair one left half-migrated.
+
+    `make setup` and `make run` call it: `mlflow run` opens the store before any of our code runs,
+    and concurrent first uses of a fresh store break it. Other tracking URIs: only checked.
+    """
+    from tracking.runs import tracking_uri
+    from tracking.store import ensure_store
+
+    uri = tracking_uri()
+    click.echo(f"tracking store {uri}: {ensure_store(uri)}")
 
 
 if __name__ == "__main__":

@@ -1,12 +1,16 @@
-"""Command ``classify``: top-k classes of image files from a registered ONNX model, run by onnxruntime.
+"""Command ``classify``: top-k classes of image files from an ONNX model, run by onnxruntime.
 
 ``python -m pipelines classify --model-uri models:/cifar100-cnn@champion cat.png dog.jpg``
+``python -m pipelines classify --model-uri out/model.onnx cat.png``  (a downloaded file)
 
-The model is downloaded from the registry into a temporary folder (names checked: nothing is
-written outside it) and run through onnxruntime only: no pickle-based loader ever sees it.
-Images are read with Pillow, converted to the model's channels and resized to its input size
-(``--no-resize`` makes a wrong size an error). Every bad input is a one-line ``DataError`` /
-``TrackingError`` and no MLflow run is created: classifying only reads.
+A registered model is downloaded into a temporary folder (names checked: nothing is written
+outside it); a local ``.onnx`` file is read in place. Either runs through onnxruntime only: no
+pickle-based loader ever sees it. The class ids and names and the input come from the file's own
+model card (``pipelines.modelcard``), not from the registry. Images are read with Pillow and
+preprocessed by ``modelcard.to_model_input`` (the card's preprocessing, the same as the browser
+demo's): centre crop to the input's aspect ratio, area average to its size (``--no-resize``
+makes a wrong size an error). Every bad input is a one-line ``DataError`` / ``TrackingError``
+and no MLflow run is created: classifying only reads.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipelines import modelcard
 from pipelines.data import DataError
 
 MAX_PIXELS = 50_000_000  # larger files are refused before decoding (decompression bombs)
@@ -63,24 +68,21 @@ def check_image(path: str | Path) -> tuple[int, int]:
 
 
 def to_input(path: str | Path, height: int, width: int, channels: int, resize: bool = True) -> tuple[np.ndarray, bool]:
-    """float32 [H, W, C] in 0..255 for the model; (array, whether it was resized)."""
+    """float32 [H, W, C] in 0..255 for the model (``modelcard.to_model_input``); (array, whether it was resized)."""
     from PIL import Image
 
     with Image.open(path) as img:
-        try:
-            img = img.convert("L" if channels == 1 else "RGB")
-        except OSError as e:  # truncated pixel data shows only when decoding
-            raise DataError(f"{path}: corrupt image ({' '.join(str(e).split())})") from None
         resized = img.size != (width, height)
         if resized and not resize:
             raise DataError(
                 f"{path}: image is {img.size[0]}x{img.size[1]}, the model takes {width}x{height} "
                 "(drop --no-resize to resize it)"
             )
-        if resized:
-            img = img.resize((width, height), Image.Resampling.BILINEAR)
-        x = np.asarray(img, dtype=np.float32)
-    return (x[..., None] if channels == 1 else x), resized
+        try:
+            x = modelcard.to_model_input(img, height, width, channels)
+        except OSError as e:  # truncated pixel data shows only when decoding
+            raise DataError(f"{path}: corrupt image ({' '.join(str(e).split())})") from None
+    return x, resized
 
 
 def _input_shape(session) -> tuple[str, int, int, int]:
@@ -91,17 +93,34 @@ def _input_shape(session) -> tuple[str, int, int, int]:
     return inp.name, shape[1], shape[2], shape[3]
 
 
-def load_session(model_uri: str, folder: Path):
-    """Download ``model_uri`` into ``folder`` and open its one ``.onnx`` file with onnxruntime (CPU)."""
+def is_local(model_uri: str) -> bool:
+    """A path to an ``.onnx`` file (or any existing file) rather than a ``models:/`` URI."""
+    if model_uri.startswith("models:/"):
+        return False
+    return model_uri.lower().endswith(".onnx") or Path(model_uri).is_file()
+
+
+def open_model(path: Path) -> tuple[object, modelcard.ModelCard]:
+    """(onnxruntime CPU session, model card) of an ``.onnx`` file; DataError if it has no card."""
     import onnxruntime as ort
 
+    card = modelcard.read(path)  # also: a missing or unreadable file, one line
+    try:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime's own exception types: an invalid graph
+        raise DataError(f"{path}: onnxruntime cannot load it ({' '.join(str(e).split())[:200]})") from None
+    return session, card
+
+
+def load_session(model_uri: str, folder: Path) -> tuple[object, modelcard.ModelCard]:
+    """Download ``model_uri`` into ``folder``; its one ``.onnx`` file opened by ``open_model``."""
     from tracking.registry import download_model
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # stdout/stderr stay the results
     files = sorted(download_model(model_uri, folder).rglob("*.onnx"))
     if len(files) != 1:
         raise DataError(f"{model_uri}: expected one .onnx file in the model, found {[f.name for f in files]}")
-    return ort.InferenceSession(str(files[0]), providers=["CPUExecutionProvider"])
+    return open_model(files[0])
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -111,24 +130,33 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def classify(model_uri: str, images: list[str], top_k: int = 3, resize: bool = True) -> list[Prediction]:
-    """Top-k predictions for each image; every file is checked before the model is fetched."""
+    """Top-k predictions for each image; every file is checked before the model is fetched.
+
+    ``model_uri`` is ``models:/<name>@<alias>`` (or ``/<version>``) or the path of a local ``.onnx`` file.
+    """
     from tracking.registry import model_version_info
 
     if not images:
         raise DataError("no image files given")
     sizes = [check_image(p) for p in images]  # local checks first: a bad file never costs a download
-    info = model_version_info(model_uri)  # a missing models:/ URI: one-line TrackingError
     with tempfile.TemporaryDirectory(prefix="classify-") as tmp:
-        session = load_session(model_uri, Path(tmp))
+        if is_local(model_uri):
+            session, card = open_model(Path(model_uri))
+        else:
+            model_version_info(model_uri)  # a missing models:/ URI: one-line TrackingError, before any download
+            session, card = load_session(model_uri, Path(tmp))
         name, h, w, c = _input_shape(session)
+        if (name, [h, w, c]) != (card.input_name, card.input_shape):
+            raise DataError(
+                f"{model_uri}: the model card says input {card.input_name} {card.input_shape}, "
+                f"the graph has {name} {[h, w, c]}"
+            )
         arrays = [to_input(p, h, w, c, resize) for p in images]
         logits = session.run(None, {name: np.stack([a for a, _ in arrays])})[0]
     k = logits.shape[1]
-    tags = info.tags
-    ids = [int(i) for i in tags["classes"].split(",")] if tags.get("classes") else list(range(k))
-    names = tags["class_names"].split(",") if tags.get("class_names") else [str(i) for i in ids]
-    if not len(ids) == len(names) == k:
-        ids, names = list(range(k)), [str(i) for i in range(k)]
+    ids, names = card.class_ids, card.class_names
+    if len(ids) != k:
+        raise DataError(f"{model_uri}: the model card names {len(ids)} classes, the model outputs {k}")
     probs = softmax(logits.astype(np.float64))
     out = []
     for path, size, (_, resized), p in zip(images, sizes, arrays, probs):

@@ -5,8 +5,8 @@ and each metric is shown as mean ± std over the group's runs (seeds). Every run
 metric names (``pipelines.main.SUMMARY``), so a study's children, ``main`` runs and sweep trials
 line up. The table is sorted by the champion rule studies use (``CHAMPION_RULE``).
 
-Figures: per-epoch accuracy curves of all configurations on one plot (mean line, ±std band over
-seeds), test accuracy and train time side by side as bars, and the test confusion matrices of
+Figures: per-epoch test accuracy curves (``test_acc``) of all configurations on one plot (mean line,
+±std band over seeds), test accuracy and train time side by side as bars, and the test confusion matrices of
 the configurations side by side (summed over seeds) when they share their labels.
 """
 
@@ -51,7 +51,8 @@ METRICS = (
     ("num_params", "params", "{:,.0f}"),
 )
 METRIC_KEYS = tuple(m for m, _, _ in METRICS)
-CURVE_METRIC = "val_acc"  # per-epoch accuracy on the evaluation split (the test set in the seeds' protocol)
+CURVE_METRIC = "test_acc"  # per-epoch accuracy on the test set (the seeds' learning curves)
+LEGACY_CURVE_METRIC = "val_acc"  # what runs logged before the rename, on the test set unless they held out val data
 CHAMPION_RULE = "highest mean test_accuracy; ties (equal to 6 decimals) -> lower mean train_seconds"
 TRIALS_ARTIFACT = "study/trials.json"  # run ids of a study's/sweep's trials (some may live under an older parent)
 PARENT_STEPS = ("study", "sweep")
@@ -179,13 +180,31 @@ def _curve_source(rec: RunRecord) -> str:
     return rec.tags.get("train_run_id") or rec.run_id  # `main` keeps its curves in the train child
 
 
+def _held_out_val(rec: RunRecord) -> bool:
+    try:
+        return float(rec.params.get("val_fraction") or 0) > 0
+    except ValueError:
+        return True  # unreadable: do not take its val_acc for a test curve
+
+
 def histories(records: list[RunRecord], key: str = CURVE_METRIC) -> dict[str, dict[int, float]]:
-    return {r.run_id: dict(metric_history(_curve_source(r), key)) for r in records}
+    """Per-epoch ``key`` of each run; test curves of runs from before the rename (their ``val_acc`` was
+    measured on the test set when they held nothing out) are read under the old name."""
+    out = {}
+    for r in records:
+        curve = dict(metric_history(_curve_source(r), key))
+        if not curve and key == CURVE_METRIC and not _held_out_val(r):
+            curve = dict(metric_history(_curve_source(r), LEGACY_CURVE_METRIC))
+        out[r.run_id] = curve
+    return out
 
 
-def accuracy_curves(records: list[RunRecord], configs: list[str] | None = None, title: str = ""):
-    """Per-epoch accuracy of every configuration: mean over its runs, ±std band, one plot."""
-    hist = histories(records)
+def accuracy_curves(
+    records: list[RunRecord], configs: list[str] | None = None, title: str = "", key: str = CURVE_METRIC
+):
+    """Per-epoch accuracy (``key``: test_acc, or val_acc on the validation split) of every configuration:
+    mean over its runs, ±std band, one plot."""
+    hist = histories(records, key)
     groups: dict[str, list[dict[int, float]]] = {}
     for r in records:
         groups.setdefault(config_of(r), []).append(hist[r.run_id])
@@ -201,7 +220,7 @@ def accuracy_curves(records: list[RunRecord], configs: list[str] | None = None, 
         (line,) = ax.plot(epochs, mean, marker="o" if len(epochs) < 20 else None, label=f"{config} (n={len(curves)})")
         ax.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.2)
     ax.set_xlabel("epoch")
-    ax.set_ylabel("accuracy on the evaluation split, %")
+    ax.set_ylabel(f"{'validation' if key.startswith('val_') else 'test'} accuracy ({key}), %")
     ax.set_title(title or "Accuracy per epoch: mean ± std over seeds")
     ax.grid(alpha=0.3)
     ax.legend()

@@ -7,6 +7,7 @@ parameter and what is allowed — before any run is created.
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import asdict, dataclass, field
 
 from models import RECIPE_KEYS, model_info
@@ -38,6 +39,10 @@ class TrainConfig:
     precision: str = AUTO  # auto: bf16 only where native (CUDA or AMX/AVX512-BF16 CPU), else fp32
     eval_every: int = 1  # epochs between test-set evaluations; the last epoch is always evaluated
     checkpoint_every: int = 50  # epochs between checkpoints (also written at the end and on Ctrl-C)
+    # Share of the training set held out (stratified, by ``seed``) as the validation split: per-epoch
+    # val_* metrics, never trained on. 0 = none (the seeds' protocol). Not in any model's recipe.
+    val_fraction: float = 0.0
+    system_metrics: bool = True  # CPU / memory (GPU) sampled by MLflow while the run trains
     # Recipe: None = the model's seed recipe (models/__init__.py DEFAULT_RECIPE + the model's own).
     epochs: int | None = None  # passes over the training set (cifar100 CNNs: 500)
     batch_size: int | None = None  # images per step (128)
@@ -64,7 +69,7 @@ class TrainConfig:
 
 @dataclass
 class ExportConfig:
-    registered_model_name: str = "cifar100-cnn"  # "" = log the ONNX model without registering it
+    registered_model_name: str = "auto"  # auto = <dataset>-<model>[-c<ids>]; none = log without registering
     parity_tol: float = 1e-4  # max |onnxruntime - torch| on the test set, else the step fails
 
 
@@ -72,8 +77,9 @@ def as_params(*configs) -> dict[str, str]:
     """Params as the user gave them, spelled as ``mlflow run`` logs them (None -> auto, [] -> default).
 
     MLflow refuses to change a logged param, and ``mlflow run`` logs the MLproject values
-    first, so our spelling must match; resolved values go under other keys (``recipe.*``,
-    ``classes_used``).
+    first, shell-quoted as in the command it runs (an empty ``data_dir`` is logged as ``''``),
+    so our spelling must match; resolved values go under other keys (``recipe.*``,
+    ``classes_used``, the registered model's name as a tag).
     """
     out: dict[str, str] = {}
     for cfg in configs:
@@ -84,7 +90,7 @@ def as_params(*configs) -> dict[str, str]:
                 out[k] = ",".join(map(str, v)) or "default"
             else:
                 out[k] = str(v).lower() if isinstance(v, bool) else str(v)
-    return out
+    return {k: shlex.quote(v) for k, v in out.items()}
 
 
 # ---- parsers: each takes the raw string and the parameter's name, returns a typed value ----
@@ -126,7 +132,8 @@ def parse_float(name: str, raw, positive: bool = True, allow_auto: bool = False)
 
 
 def parse_choice(name: str, raw, choices, allow_auto: bool = False) -> str | None:
-    if allow_auto and _is_auto(raw):
+    # a choice is never auto: lr_schedule none means no schedule, not the recipe's
+    if allow_auto and _is_auto(raw) and str(raw).strip() not in choices:
         return None
     value = str(raw).strip()
     if value not in choices:
@@ -173,14 +180,18 @@ def parse_device(raw) -> str:
 
 def data_config(dataset, data_dir, classes) -> DataConfig:
     name = parse_choice("dataset", dataset, DATASETS)
-    return DataConfig(name, str(data_dir) if data_dir not in (None, "", "none") else None, parse_classes(classes, name))
+    # a logged data_dir read back (a run's params) is shell-quoted: an empty one is ''
+    data_dir = str(data_dir or "").strip().strip("'\"")
+    return DataConfig(name, data_dir if data_dir not in ("", "none") else None, parse_classes(classes, name))
 
 
 # The raw train parameters in train_config's order (CLI options, MLproject params, logged params).
 TRAIN_PARAMS = (
     "model", "pooling", "epochs", "batch_size", "lr", "momentum", "weight_decay", "optimizer", "lr_schedule",
-    "augment", "seed", "device", "precision", "eval_every", "checkpoint_every",
+    "augment", "seed", "device", "precision", "eval_every", "checkpoint_every", "val_fraction",
+    "system_metrics",
 )  # fmt: skip
+MAX_VAL_FRACTION = 0.5
 
 
 def train_config_from(raw: dict) -> TrainConfig:
@@ -204,6 +215,8 @@ def train_config(
     precision,
     eval_every,
     checkpoint_every,
+    val_fraction=None,
+    system_metrics=None,
 ) -> TrainConfig:
     from models import list_models
     from models.cifar100 import POOLINGS
@@ -224,9 +237,29 @@ def train_config(
         optimizer=parse_choice("optimizer", optimizer, OPTIMIZERS, allow_auto=True),
         lr_schedule=parse_choice("lr_schedule", lr_schedule, LR_SCHEDULES, allow_auto=True),
         augment=parse_bool("augment", augment, allow_auto=True),
+        val_fraction=parse_val_fraction(val_fraction),
+        system_metrics=True if system_metrics is None else parse_bool("system_metrics", system_metrics),
     )
 
 
+def parse_val_fraction(raw, allow_zero: bool = True) -> float:
+    """A share of the training set in [0, 0.5] (``(0, 0.5]`` without ``allow_zero``); missing = 0.
+
+    Missing covers runs logged before the parameter existed: they resume with no holdout.
+    """
+    value = 0.0
+    if raw is not None and str(raw).strip() != "":
+        try:
+            value = float(str(raw).strip()) + 0.0  # + 0.0: -0.0 becomes 0.0
+        except ValueError:
+            value = float("nan")
+    if not (0 <= value <= MAX_VAL_FRACTION) or (value == 0 and not allow_zero):
+        bounds = f"{'[' if allow_zero else '('}0, {MAX_VAL_FRACTION:g}]"
+        raise ConfigError(f"val_fraction must be a number in {bounds}, got {raw!r}")
+    return value
+
+
 def export_config(registered_model_name, parity_tol) -> ExportConfig:
+    # kept as spelled (none, auto or a name): it is logged as given; pipelines.registration resolves it
     name = str(registered_model_name or "").strip()
-    return ExportConfig("" if name.lower() == "none" else name, parse_float("parity_tol", parity_tol))
+    return ExportConfig(name, parse_float("parity_tol", parity_tol))

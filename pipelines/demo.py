@@ -1,8 +1,9 @@
 """Command ``demo``: a static browser page that runs two registered ONNX models with onnxruntime-web.
 
 ``build(cnn_uri, fc_uri, out)`` downloads both models from the registry into ``out`` as
-``model_cnn.onnx`` / ``model_fc.onnx``, writes ``models.json`` (name, version, run ids, input shape
-and layout, class ids and names, test accuracy) and copies the page (``web/``) with the vendored
+``model_cnn.onnx`` / ``model_fc.onnx``, writes ``models.json`` (registered name, version and run id;
+from each file's own model card: input shape and layout, class ids and names, preprocessing, training
+run, test accuracy) and copies the page (``web/``) with the vendored
 onnxruntime-web (``web/dist/vendor``, built by ``sh web/build.sh`` from the pinned npm package).
 ``serve(out, port)`` serves that folder on 127.0.0.1 only. Nothing is loaded from the network
 by the page: it works offline.
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import click
 
+from pipelines import modelcard
 from pipelines.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,8 +29,8 @@ WEB = ROOT / "web"
 PAGE_FILES = ("index.html", "demo.js", "style.css")
 VENDOR = WEB / "dist" / "vendor"  # written by web/build.sh: the pinned onnxruntime-web files
 VENDOR_FILES = ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
-DEFAULT_CNN = "models:/cifar100-cnn@champion"
-DEFAULT_FC = "models:/cifar100-fc@champion"
+DEFAULT_CNN = "models:/cifar100-pooling_cnn@champion"
+DEFAULT_FC = "models:/cifar100-fcnet@champion"
 DEFAULT_OUT = "out/demo"
 HOST = "127.0.0.1"
 MIME = {".mjs": "text/javascript", ".js": "text/javascript", ".wasm": "application/wasm", ".json": "application/json"}
@@ -58,44 +60,57 @@ def onnx_io(path: Path) -> tuple[str, list[int], str, int]:
 
 
 def fetch_model(model_uri: str, key: str, title: str, out: Path) -> dict:
-    """Download ``model_uri`` to ``out/model_<key>.onnx``; its ``models.json`` entry."""
+    """Download ``model_uri`` (or copy a local ``.onnx`` file) to ``out/model_<key>.onnx``; its models.json entry."""
+    from pipelines.classify import is_local
     from tracking.registry import download_model, model_version_info
 
+    dst = out / f"model_{key}.onnx"
+    if is_local(model_uri):
+        modelcard.read(model_uri)  # a missing file or one without a card: one line, before anything is written
+        shutil.copyfile(model_uri, dst)
+        return {"key": key, "title": title, **model_entry(dst, model_uri)}
     info = model_version_info(model_uri)
     with tempfile.TemporaryDirectory() as tmp:
         folder = download_model(model_uri, tmp)
         files = sorted(folder.rglob("*.onnx"))
         if len(files) != 1:
             raise ConfigError(f"{model_uri}: expected one .onnx file in the model, found {[f.name for f in files]}")
-        dst = out / f"model_{key}.onnx"
         shutil.copyfile(files[0], dst)
+    registry = {"registered_model": info.name, "version": info.version, "run_id": info.run_id}
+    return {"key": key, "title": title, **model_entry(dst, model_uri), **registry}
+
+
+def model_entry(dst: Path, model_uri: str) -> dict:
+    """The ``models.json`` entry of the ONNX file ``dst`` from its own card (checked against its graph)."""
     input_name, shape, output_name, k = onnx_io(dst)
-    tags = info.tags
-    ids = [int(i) for i in tags["classes"].split(",")] if tags.get("classes") else list(range(k))
-    names = tags["class_names"].split(",") if tags.get("class_names") else [str(i) for i in ids]
-    if not len(ids) == len(names) == k:
-        raise ConfigError(f"{model_uri}: {k} outputs but tags name {len(ids)} class ids / {len(names)} names")
-    acc = tags.get("test_accuracy")
+    card = modelcard.read(dst)  # the file describes itself: no registry tag is read
+    graph = {"input_name": input_name, "input_shape": shape, "output_name": output_name, "classes": k}
+    said = {"input_name": card.input_name, "input_shape": card.input_shape, "output_name": card.output_name}
+    said["classes"] = len(card.class_ids)
+    if said != graph:
+        raise ConfigError(f"{model_uri}: the model card says {said} but the ONNX graph has {graph}")
     return {
-        "key": key,
-        "title": title,
         "file": dst.name,
         "model_uri": model_uri,
-        "registered_model": info.name,
-        "version": info.version,
-        "run_id": info.run_id,
-        "train_run_id": tags.get("train_run_id", ""),
-        "dataset": tags.get("dataset", ""),
-        "input_name": input_name,
-        "input_shape": shape,  # [H, W, C] of one image; the model takes [batch, H, W, C]
-        "input_layout": "NHWC",
+        "registered_model": None,  # a local file: not from the registry
+        "version": None,
+        "run_id": None,
+        "train_run_id": card.train_run_id,
+        "model": card.model,
+        "dataset": card.dataset,
+        "input_name": card.input_name,
+        "input_shape": card.input_shape,  # [H, W, C] of one image; the model takes [batch, H, W, C]
+        "input_layout": card.input_layout,
         "input_dtype": "float32",
         "input_range": [0, 255],
-        "output_name": output_name,
+        "preprocessing_id": card.preprocessing_id,  # the page refuses a model whose id it does not implement
+        "preprocessing": card.preprocessing,
+        "output_name": card.output_name,
         "output": "logits",
-        "class_ids": ids,
-        "class_names": names,
-        "test_accuracy": float(acc) if acc not in (None, "") else None,
+        "class_ids": card.class_ids,
+        "class_names": card.class_names,
+        "test_accuracy": card.test_accuracy,
+        "test_split": card.test_split,
     }
 
 
@@ -154,7 +169,7 @@ def demo_command(wrap=lambda fn: fn) -> click.Command:
     """The click command; ``wrap`` is the CLI's ``entry_point`` (tracking setup + one-line errors)."""
 
     @click.command("demo")
-    @click.option("--cnn-uri", default=DEFAULT_CNN, show_default=True, help="Registered CNN (models:/name@alias).")
+    @click.option("--cnn-uri", default=DEFAULT_CNN, show_default=True, help="CNN (models:/name@alias or .onnx file).")
     @click.option("--fc-uri", default=DEFAULT_FC, show_default=True, help="FC model trained on the same classes.")
     @click.option("--out", default=DEFAULT_OUT, show_default=True, help="Folder to write the page and models into.")
     @click.option("--port", default="8000", show_default=True, help="Port on 127.0.0.1 (0 = any free port).")

@@ -14,11 +14,12 @@ import torch.nn as nn
 from sklearn.metrics import classification_report, confusion_matrix
 
 from pipelines import plots
-from pipelines.data import Dataset
+from pipelines.config import parse_val_fraction
+from pipelines.data import Dataset, split_validation
 from pipelines.prep import load
 from pipelines.train import configs_from_run, load_trained
 from tracking import experiment_id_for, tracked_run
-from tracking.artifacts import download, log_figure, log_json, log_table, log_text
+from tracking.artifacts import download, log_data_inputs, log_figure, log_json, log_table, log_text
 from tracking.runs import log_metrics, log_params, run_data, run_experiment_id, set_tags
 
 COPIED_FROM_TRAIN = ("train_seconds", "seconds_per_epoch", "num_params")  # so one run holds every number
@@ -90,7 +91,10 @@ def run(
     if model is None:
         model, _ = load_trained(train_run_id)
     ds = dataset or load(configs_from_run(train_run_id)[0])
-    _, train_metrics, train_tags = run_data(train_run_id)
+    train_params, train_metrics, train_tags = run_data(train_run_id)
+    # train_* numbers cover what the model trained on: a validation holdout is not part of it
+    fraction = parse_val_fraction(train_params.get("val_fraction"))
+    trained_on, _ = split_validation(ds, fraction, int(train_params.get("seed", 0)))
     if history is None:
         with tempfile.TemporaryDirectory() as tmp:
             history = json.loads(download(train_run_id, "history.json", tmp).read_text())
@@ -100,8 +104,9 @@ def run(
     ):
         log_params({"train_run_id": train_run_id, "dataset": ds.name, "classes": ",".join(map(str, ds.class_ids))})
         set_tags({"step": "evaluate", "train_run_id": train_run_id})
+        test_set = log_data_inputs(ds)
         metrics: dict[str, float] = {}
-        for split, x, y in (("train", ds.x_train, ds.y_train), ("test", ds.x_test, ds.y_test)):
+        for split, x, y in (("train", trained_on.x_train, trained_on.y_train), ("test", ds.x_test, ds.y_test)):
             logits = predict(model, x)
             as_dict, text, table = report(y, logits, ds.labels)
             log_json(as_dict, f"reports/classification_report_{split}.json")
@@ -124,6 +129,7 @@ def run(
         metrics["overfit_gap"] = metrics["train_accuracy"] - metrics["test_accuracy"]
         metrics.update(inference_latency(model, ds.x_test))
         metrics.update({k: train_metrics[k] for k in COPIED_FROM_TRAIN if k in train_metrics})
-        log_metrics(metrics)
+        log_metrics({k: v for k, v in metrics.items() if not k.startswith("test_")})
+        log_metrics({k: v for k, v in metrics.items() if k.startswith("test_")}, dataset=test_set)
         log_figure(plots.learning_curves(history, name), "figures/learning_curves.png")
     return metrics

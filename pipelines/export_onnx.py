@@ -12,14 +12,16 @@ import onnxruntime as ort
 import torch
 import torch.nn as nn
 
+from pipelines import modelcard, registration
 from pipelines.config import ExportConfig
 from pipelines.data import Dataset
 from pipelines.evaluate import predict
 from pipelines.prep import load
 from pipelines.train import configs_from_run, load_trained
 from tracking import experiment_id_for, tracked_run
+from tracking.artifacts import log_data_inputs
 from tracking.registry import log_onnx
-from tracking.runs import log_metrics, log_params, run_data, run_experiment_id, set_tags
+from tracking.runs import log_metrics, log_params, parent_run_id, run_data, run_experiment_id, set_tags
 
 INPUT, OUTPUT = "input", "output"
 
@@ -28,8 +30,14 @@ class ParityError(RuntimeError):
     """onnxruntime and PyTorch disagree by more than the tolerance: the export is not shipped."""
 
 
+# ONNX opset stamped on every export, not the exporter's default (which moves with torch releases): both
+# runtimes that read the file, onnxruntime (requirements.txt) and the vendored onnxruntime-web (web/package.json),
+# implement it; tests/test_install.py checks that against onnxruntime's documented compatibility table.
+OPSET = 18
+
+
 def to_onnx(model: nn.Module, in_shape: tuple[int, ...]) -> onnx.ModelProto:
-    """Export float NHWC 0..255 input ``input`` [batch, H, W, C] -> logits ``output`` [batch, k]."""
+    """Export float NHWC 0..255 input ``input`` [batch, H, W, C] -> logits ``output`` [batch, k], at opset ``OPSET``."""
     model = model.cpu().eval()
     example = torch.rand(2, *in_shape) * 255  # batch >= 2 so the batch dimension is not specialised
     for name in ("torch.onnx", "torch._dynamo", "onnxscript"):
@@ -43,6 +51,7 @@ def to_onnx(model: nn.Module, in_shape: tuple[int, ...]) -> onnx.ModelProto:
             input_names=[INPUT],
             output_names=[OUTPUT],
             dynamic_shapes=({0: torch.export.Dim("batch")},),
+            opset_version=OPSET,
             verbose=False,
         )
     proto = program.model_proto
@@ -68,11 +77,20 @@ def run(
     test_accuracy: float | None = None,
     experiment: str | None = None,
     nested: bool = False,
+    test_metrics: dict[str, float] | None = None,
+    promote: bool = True,
 ) -> dict:
-    """Export the model of ``train_run_id``; register it and move ``champion`` if it scores higher."""
+    """Export the model of ``train_run_id`` as a self-describing ONNX file; register it by the champion rule.
+
+    ``test_metrics`` (evaluate's ``test_*`` numbers) are linked to the logged model with the test
+    split they were measured on; ``promote=False`` registers without touching the aliases.
+    """
     if model is None:
-        model, _ = load_trained(train_run_id)
-    ds = dataset or load(configs_from_run(train_run_id)[0])
+        model, _ = load_trained(train_run_id)  # a run without a trained model: one line, here
+    data_cfg, train_cfg = configs_from_run(train_run_id)
+    ds = dataset or load(data_cfg)
+    registered = registration.registered_name(cfg.registered_model_name, ds, train_cfg.model)
+    registration.check(registered, ds)  # before the export's own work: a mismatch costs nothing
     _, _, train_tags = run_data(train_run_id)
     name = train_tags.get("mlflow.runName", train_run_id).replace("train-", "")
     with tracked_run(f"export-{name}", experiment_id_for(experiment) or run_experiment_id(train_run_id), nested=nested):
@@ -81,10 +99,11 @@ def run(
                 "train_run_id": train_run_id,
                 "registered_model_name": cfg.registered_model_name,
                 "parity_tol": cfg.parity_tol,
-                "opset": "dynamo default",
+                "opset": OPSET,
             }
         )
         set_tags({"step": "export_onnx", "train_run_id": train_run_id})
+        test_set = log_data_inputs(ds)
         t0 = time.perf_counter()
         proto = to_onnx(model, ds.in_shape)
         seconds = time.perf_counter() - t0
@@ -92,19 +111,32 @@ def run(
         log_metrics({"onnx_export_seconds": seconds, "onnx_max_abs_diff": diff})
         if not diff < cfg.parity_tol:
             raise ParityError(f"onnxruntime differs from PyTorch by {diff:.3g} > parity_tol {cfg.parity_tol:g}")
-        example = ds.x_test[:2].astype(np.float32)
-        tags = {
-            "train_run_id": train_run_id,
-            "dataset": ds.name,
-            "classes": ",".join(map(str, ds.class_ids)),
-            "class_names": ",".join(ds.class_names),
-            "input_layout": "NHWC float 0..255",
-        }
-        reg = log_onnx(
-            proto, example, predict(model, ds.x_test[:2]), cfg.registered_model_name or None, test_accuracy, tags
+        label = f"{train_cfg.model} ({train_cfg.tag()})"
+        card, spec = registration.card_and_spec(
+            ds, train_cfg.model, label, train_run_id, test_accuracy, {"train_run_id": train_run_id}
         )
-        result = {"onnx_max_abs_diff": diff, "onnx_export_seconds": seconds}
+        modelcard.embed(proto, card)
+        linked = {k: v for k, v in (test_metrics or {}).items() if k.startswith("test_")}
+        if test_accuracy is not None:
+            linked["test_accuracy"] = test_accuracy
+        logged = log_onnx(
+            proto,
+            ds.x_test[:2].astype(np.float32),
+            predict(model, ds.x_test[:2]),
+            registered,
+            spec,
+            card.to_metadata(),
+            metrics=linked,
+            dataset=test_set,
+            promote=promote,
+            model_name=registered or f"{ds.name}-{train_cfg.model}",
+            source_run_id=parent_run_id(),  # `main` (or a study) lists the model it produced
+        )
+        result = {"onnx_max_abs_diff": diff, "onnx_export_seconds": seconds, "model_id": logged.model_id}
+        set_tags({"model_id": logged.model_id})
+        reg = logged.registered
         if reg:
             set_tags({"registered_model": reg.name, "registered_version": reg.version, "champion": reg.is_champion})
+            set_tags({"champion_reason": reg.reason})
             result.update(registered_model=reg.name, version=reg.version, champion=reg.is_champion)
     return result

@@ -9,9 +9,10 @@ entry point that takes the previous step's run id.
 
 from __future__ import annotations
 
-from pipelines import evaluate, export_onnx, prep, train
+from pipelines import evaluate, export_onnx, prep, registration, train
 from pipelines.config import DataConfig, ExportConfig, TrainConfig, as_params
 from tracking import experiment_id_for, tracked_run
+from tracking.artifacts import log_data_inputs
 from tracking.runs import log_metrics, log_params, set_tags
 
 SUMMARY = (
@@ -28,13 +29,18 @@ SUMMARY = (
 )
 
 
+LINKS = ("registered_model", "version", "champion", "model_id")  # export results the parent tags
+
+
 def run(data_cfg: DataConfig, train_cfg: TrainConfig, export_cfg: ExportConfig, experiment: str | None = None) -> dict:
     ds = prep.load(data_cfg)  # bad data fails here, before any run exists
+    registration.check(registration.registered_name(export_cfg.registered_model_name, ds, train_cfg.model), ds)
     exp_id = experiment_id_for(experiment)
     recipe = train_cfg.recipe()
     with tracked_run(f"main-{train_cfg.tag()}", exp_id) as parent_id:
         log_params({**as_params(data_cfg, train_cfg, export_cfg), **{f"recipe.{k}": v for k, v in recipe.items()}})
         set_tags({"step": "main", "model": train_cfg.model, "dataset": ds.name})
+        test_set = log_data_inputs(ds)
         _, prep_id = prep.run(data_cfg, dataset=ds, nested=True, experiment=None)
         trained = train.run(data_cfg, train_cfg, dataset=ds, nested=True)
         metrics = evaluate.run(
@@ -47,14 +53,17 @@ def run(data_cfg: DataConfig, train_cfg: TrainConfig, export_cfg: ExportConfig, 
             model=trained.model,
             test_accuracy=metrics["test_accuracy"],
             nested=True,
+            test_metrics=metrics,
         )
         summary = {k: v for k, v in {**metrics, **exported}.items() if k in SUMMARY}
-        log_metrics(summary)
+        # test numbers linked to the exported model and the test split: the parent run lists both
+        log_metrics({k: v for k, v in summary.items() if not k.startswith("test_")})
+        log_metrics({k: v for k, v in summary.items() if k.startswith("test_")}, None, exported["model_id"], test_set)
         set_tags(
             {
                 "prep_run_id": prep_id,
                 "train_run_id": trained.run_id,
-                **{k: str(exported[k]) for k in ("registered_model", "version", "champion") if k in exported},
+                **{k: str(v) for k, v in exported.items() if k in LINKS},
             }
         )
         set_tags(

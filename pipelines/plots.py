@@ -10,11 +10,12 @@ import numpy as np  # noqa: E402
 
 
 def learning_curves(history: list[dict[str, float]], title: str = ""):
-    """CCE and accuracy per epoch for train and val: mean line, 25-75 percentile band over batches."""
+    """CCE and accuracy per epoch for train, val (a validation split, when held out) and test: mean line,
+    25-75 percentile band over batches."""
     fig, axes = plt.subplots(1, 2, figsize=(15, 5))
     for ax, (metric, label) in zip(axes, (("loss", "CCE"), ("acc", "Accuracy, %"))):
         scale = 100.0 if metric == "acc" else 1.0
-        for split in ("train", "val"):
+        for split in ("train", "val", "test"):
             rows = [h for h in history if f"{split}_{metric}" in h]
             if not rows:
                 continue

@@ -10,7 +10,7 @@ import numpy as np
 from pipelines.config import DataConfig, as_params
 from pipelines.data import Dataset, load_dataset
 from tracking import experiment_id_for, tracked_run
-from tracking.artifacts import log_dataset_input, log_file, log_json
+from tracking.artifacts import log_data_inputs, log_file, log_json
 from tracking.runs import log_metrics, log_params, set_tags
 
 DATASET_ARTIFACT = "data/dataset.npz"
@@ -60,8 +60,7 @@ def run(
             },
             "data/dataset.json",
         )
-        log_dataset_input(f"{ds.name}-train", ds.x_train, ds.y_train, ds.source, fingerprint, "training")
-        log_dataset_input(f"{ds.name}-test", ds.x_test, ds.y_test, ds.source, fingerprint, "evaluation")
+        log_data_inputs(ds)
         if save_arrays:
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / "dataset.npz"

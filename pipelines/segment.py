@@ -17,10 +17,11 @@ single run holds the whole story — params, per-epoch curves, checkpoint, per-c
 table, prediction figure, ONNX model (and registry version) — and one id is all a user needs.
 A killed run resumes into the same run with ``--resume RUN_ID`` (params are re-read from it).
 
-Logged: params (the raw values as given, ``recipe.*``, ``data.*``, ``env.*``); per epoch
-``train_loss``/``train_acc`` (pixel accuracy; mean and batch p25/p75), ``val_*`` likewise plus
-``val_miou``/``val_mdice``; after training, in eval mode, ``{train,test}_{pixel_acc, miou, mdice,
-miou_fg, mdice_fg, eval_loss}`` and ``{split}_{iou,dice}_class_<id>`` (a class absent from both
+Logged: params (the raw values as given, ``recipe.*``, ``data.*``; ``env.*`` as tags); per epoch
+``train_loss``/``train_acc`` (pixel accuracy; mean and batch p25/p75), ``test_loss``/``test_acc``
+likewise on the test split plus ``test_epoch_miou``/``test_epoch_mdice``; after training, in eval
+mode, ``{train,test}_{pixel_acc, miou, mdice, miou_fg, mdice_fg, eval_loss}`` and
+``{split}_{iou,dice}_class_<id>`` (a class absent from both
 truth and prediction has no IoU and is not logged), inference latency, ``onnx_max_abs_diff``.
 Artifacts: ``reports/segmentation_report_*`` (table + CSV), ``reports/confusion_*.json``,
 ``figures/predictions_test.png`` (image / true / predicted mask), ``figures/learning_curves.png``,
@@ -33,6 +34,7 @@ value given to it is the test mIoU (tag ``score_metric`` says so).
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import shutil
 import tempfile
@@ -358,13 +360,23 @@ def evaluate_tensors(
 
 
 def validate_masks(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, dtype, *, task: str, num_classes: int
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int,
+    dtype,
+    prefix: str = "test",
+    *,
+    task: str,
+    num_classes: int,
 ) -> dict[str, float]:
-    """Per-epoch validation for ``pipelines.trainer.fit``: ``val_loss``/``val_acc`` (pixel accuracy)
-    with batch p25/p75, and ``val_miou``/``val_mdice`` over all classes."""
+    """Per-epoch evaluation for ``pipelines.trainer.fit`` on the test split: ``test_loss``/``test_acc``
+    (pixel accuracy) with batch p25/p75, and ``test_epoch_miou``/``test_epoch_mdice`` over all classes
+    (``test_miou``/``test_mdice`` are the final, eval-mode numbers logged once after training)."""
     stats, cm, _ = evaluate_tensors(model, x, y, task, num_classes, batch_size, dtype)
     scores = segmentation_scores(cm.cpu().numpy())
-    return {**_summary("val", stats.cpu().numpy()), "val_miou": scores["miou"], "val_mdice": scores["mdice"]}
+    summary = _summary(prefix, stats.cpu().numpy())
+    return {**summary, f"{prefix}_epoch_miou": scores["miou"], f"{prefix}_epoch_mdice": scores["mdice"]}
 
 
 def mask_hooks(task: str, num_classes: int) -> dict:
@@ -467,15 +479,18 @@ def run(
     from pipelines import plots
     from pipelines.evaluate import inference_latency, predict
     from pipelines.export_onnx import ParityError, parity, to_onnx
+    from pipelines.registration import test_fingerprint
     from pipelines.train import CHECKPOINT, MODEL_CONFIG, STATE_DICT, checkpoint_dir
     from tracking import experiment_id_for, tracked_run
     from tracking.artifacts import download, log_dataset_input, log_figure, log_file, log_json, log_table
-    from tracking.env import environment_params
     from tracking.metrics import MetricLogger
-    from tracking.registry import log_onnx
+    from tracking.registry import ModelKind, VersionSpec, check_compatible, log_onnx
     from tracking.runs import log_metrics, set_tags
 
     ds = dataset or load_data(cfg)  # bad data fails here, before any run exists
+    kind = ModelKind(ds.name, tuple(range(ds.num_classes)), tuple(ds.class_names), tuple(ds.in_shape), cfg.task)
+    if cfg.registered_name(ds):  # a name holding another kind of model is refused before training
+        check_compatible(cfg.registered_name(ds), kind)
     device = pick_device(cfg.device)
     precision = pick_precision(cfg.precision, device)
     recipe = cfg.recipe()
@@ -504,7 +519,6 @@ def run(
         "precision_used": precision,
         "channels_last": True,
         "num_params": count_params(model),
-        **environment_params(device),
     }
     name = f"segment-{cfg.task}-{cfg.model}-s{cfg.seed}"
     with tracked_run(name, experiment_id_for(experiment), run_id=resume_run_id) as rid:
@@ -600,19 +614,47 @@ def run(
         metrics.update(onnx_metrics)
         if not diff < cfg.parity_tol:
             raise ParityError(f"onnxruntime differs from PyTorch by {diff:.3g} > parity_tol {cfg.parity_tol:g}")
-        tags = {
-            "segment_run_id": rid,
-            "dataset": ds.name,
+        fp_test = test_fingerprint(ds.x_test, ds.y_test, ds.class_names)
+        split = f"{ds.name} {cfg.task} test split ({len(ds.y_test)} images, sha256 {fp_test[:12]})"
+        spec = VersionSpec(
+            kind,
+            metrics["test_miou"],
+            "test_miou",
+            fp_test,
+            f"{cfg.model} segmentation on {kind.describe()} ({', '.join(ds.class_names)}): test mIoU "
+            f"{metrics['test_miou']:.4f} on the {split}; trained in run {rid}.",
+            {"segment_run_id": rid},
+        )
+        metadata = {
+            "model": cfg.model,
             "task": cfg.task,
-            "class_names": ",".join(ds.class_names),
-            "input_layout": "NHWC float 0..255",
-            "output_layout": "logits NCHW [batch, num_classes, H, W]",
-            "score_metric": "test_miou",
+            "dataset": ds.name,
+            "class_names": json.dumps(list(ds.class_names)),
+            "input_name": "input",
+            "input_shape": json.dumps(list(ds.in_shape)),
+            "input_layout": "NHWC",
+            "input_range": "float32 0..255 (raw pixels; the model normalises inside)",
+            "output_layout": "logits NCHW [batch, out_channels, H, W]",
+            "dataset_fingerprint": fingerprint,
+            "test_fingerprint": fp_test,
+            "test_split": split,
+            "train_run_id": rid,
         }
+        for key, value in metadata.items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value
         example = ds.x_test[:2].astype(np.float32)
-        registered = cfg.registered_name(ds)
-        reg = log_onnx(proto, example, predict(model, ds.x_test[:2]), registered, metrics["test_miou"], tags)
-        result = {"run_id": rid, **metrics}
+        logged = log_onnx(
+            proto,
+            example,
+            predict(model, ds.x_test[:2]),
+            cfg.registered_name(ds),
+            spec,
+            metadata,
+            metrics={key: metrics[key] for key in ("test_miou", "test_mdice", "test_pixel_acc")},
+        )
+        result = {"run_id": rid, **metrics, "model_id": logged.model_id}
+        reg = logged.registered
         if reg:
             set_tags({"registered_model": reg.name, "registered_version": reg.version, "champion": reg.is_champion})
             result.update(registered_model=reg.name, version=reg.version, champion=reg.is_champion)

@@ -4,7 +4,7 @@ A study is one parent run (experiment ``study-<name>``) with one child run per (
 seed). Each child trains and evaluates one configuration and carries the same metric names as
 ``main`` (``test_accuracy``, ``test_macro_f1``, ``train_accuracy``, ``overfit_gap``,
 ``train_seconds``, ``seconds_per_epoch``, ``inference_ms_per_image``, ``num_params`` and the
-per-epoch ``val_acc`` curve), with its ``evaluate`` step as a grandchild run. The parent logs the
+per-epoch ``test_acc`` curve), with its ``evaluate`` step as a grandchild run. The parent logs the
 comparison table and figures (``pipelines.compare``), picks the champion by ``CHAMPION_RULE``,
 registers the ONNX models of champion and runner-up with aliases ``champion`` / ``challenger``
 and writes the verdict into its description.
@@ -33,7 +33,7 @@ import click
 import torch
 
 from models import list_models, model_info
-from pipelines import evaluate, export_onnx, prep
+from pipelines import evaluate, export_onnx, prep, registration
 from pipelines.compare import (
     CHAMPION_RULE,
     TRIALS_ARTIFACT,
@@ -55,23 +55,28 @@ from pipelines.config import (
     parse_int,
     train_config,
 )
-from pipelines.data import Dataset
+from pipelines.data import Dataset, default_classes
 from pipelines.main import SUMMARY
 from tracking import experiment_id_for, tracked_run
 from tracking.artifacts import log_json
-from tracking.registry import set_alias
+from tracking.registry import (
+    CHALLENGER,
+    CHAMPION,
+    default_model_name,
+    find_model_version,
+    set_alias,
+    set_model_version_tags,
+)
 from tracking.runs import (
     RunRecord,
     active_run_id,
     find_experiment_id,
-    find_model_version,
     find_runs,
     get_run_record,
     log_metrics,
     log_params,
     metric_history,
     run_experiment_id,
-    set_model_version_tags,
     set_tags,
 )
 
@@ -230,7 +235,7 @@ class TrialSpec:
     data_cfg: DataConfig
     train_cfg: TrainConfig
     tags: dict[str, str] = field(default_factory=dict)  # study / sweep name, trial number ...
-    val_fraction: float = 0.0  # > 0: hold this share of train out as the evaluation split during training
+    val_fraction: float = 0.0  # > 0: hold this share of train out as the validation split (val_* per epoch)
 
 
 @dataclass
@@ -380,19 +385,14 @@ def params_hash(spec: TrialSpec, ds: Dataset) -> str:
         "device": cfg.device,
         "precision": cfg.precision,
         "eval_every": cfg.eval_every,
-        "val_fraction": spec.val_fraction,
+        "val_fraction": _val_fraction(spec),
     }
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
-def _split_val(ds: Dataset, fraction: float, seed: int) -> Dataset:
-    """Train minus a stratified holdout, with the holdout as the 'test' split (what ``fit`` validates on)."""
-    from sklearn.model_selection import train_test_split
-
-    x_tr, x_val, y_tr, y_val = train_test_split(
-        ds.x_train, ds.y_train, test_size=fraction, stratify=ds.y_train, random_state=seed
-    )
-    return replace(ds, x_train=x_tr, y_train=y_tr, x_test=x_val, y_test=y_val)
+def _val_fraction(spec: TrialSpec) -> float:
+    """The trial's validation holdout (split by ``pipelines.data.split_validation``, never trained on)."""
+    return spec.val_fraction or spec.train_cfg.val_fraction
 
 
 def _finished(experiment_ids: list[str], h: str) -> RunRecord | None:
@@ -429,7 +429,7 @@ def run_trial(
     is set by tag, the experiment by id).
     """
     from pipelines.device import pick_device, pick_precision
-    from pipelines.train import build_model, checkpoint_dir, log_trained, training_params
+    from pipelines.train import build_model, checkpoint_dir, fit_tensors, log_trained, training_params
     from pipelines.trainer import fit
     from tracking.metrics import MetricLogger
 
@@ -449,14 +449,13 @@ def run_trial(
         return TrialResult(done.run_id, spec.label, cfg.seed, True, False, epochs_done, done.metrics, 0.0)
 
     resume_id = _resumable(experiment_id, h)
-    fit_ds = _split_val(ds, spec.val_fraction, cfg.seed) if spec.val_fraction else ds
+    fraction = _val_fraction(spec)
     device = pick_device(cfg.device)
     precision = pick_precision(cfg.precision, device)
     recipe = cfg.recipe()
     model, model_config = build_model(cfg, ds)
     model = model.to(device, memory_format=torch.channels_last)
-    tensors = [torch.from_numpy(a).to(device) for a in (fit_ds.x_train, fit_ds.y_train, fit_ds.x_test, fit_ds.y_test)]
-    tensors[0], tensors[2] = tensors[0].float(), tensors[2].float()
+    data = fit_tensors(ds, fraction, cfg.seed, device)  # test_* per epoch on the test set, val_* on the holdout
     tags = {
         "step": "trial",
         "config": spec.label,
@@ -471,13 +470,16 @@ def run_trial(
         in_parent = active_run_id() == parent_id
     except RuntimeError:
         in_parent = False
-    with tracked_run(spec.run_name, experiment_id, nested=in_parent, tags=tags, run_id=resume_id) as rid:
+    monitor = spec.train_cfg.system_metrics
+    with tracked_run(
+        spec.run_name, experiment_id, nested=in_parent, tags=tags, run_id=resume_id, system_metrics=monitor
+    ) as rid:
         if resume_id is None:
             log_params(
                 {
-                    **training_params(spec.data_cfg, cfg, ds, device, precision, model, len(fit_ds.x_train)),
+                    **training_params(spec.data_cfg, cfg, ds, device, precision, model, len(data["x_train"])),
                     "config": spec.label,
-                    "val_fraction": spec.val_fraction,
+                    "val_fraction": fraction,
                 }  # library versions, CPU/GPU and git commit: tracked_run logs them on every new run
             )
         ckpt = checkpoint_dir(rid) / "last.pt"
@@ -492,7 +494,10 @@ def run_trial(
         try:
             state = fit(
                 model,
-                *tensors,
+                data["x_train"],
+                data["y_train"],
+                data["x_test"],
+                data["y_test"],
                 recipe,
                 cfg.seed,
                 precision,
@@ -502,6 +507,8 @@ def run_trial(
                 resume=resume_id is not None,
                 on_epoch=hook,
                 progress=progress,
+                x_val=data.get("x_val"),
+                y_val=data.get("y_val"),
             )
         except Pruned as p:
             logger.flush()
@@ -514,7 +521,7 @@ def run_trial(
         metrics = evaluate.run(rid, dataset=ds, model=model, history=state.history, nested=True)
         summary = {k: v for k, v in metrics.items() if k in SUMMARY}
         log_metrics(summary)
-        if spec.val_fraction:
+        if fraction:
             summary["val_acc"] = state.history[-1].get("val_acc", float("nan"))
             log_metrics({"final_val_acc": summary["val_acc"]})
     return TrialResult(rid, spec.label, cfg.seed, False, False, state.epoch, summary, time.perf_counter() - t0)
@@ -548,16 +555,22 @@ def _best_run(df, config: str) -> tuple[str, float]:
 
 
 def register(df, summary, ds: Dataset, name: str, study: str) -> dict[str, str]:
-    """ONNX of champion and runner-up registered (re-used if that run is registered already) + aliases."""
+    """The best seed of the first- and second-ranked configuration, registered as ``champion`` / ``challenger``.
+
+    The ranking is the study's (mean over seeds), so exports here never apply the single-run
+    champion rule; a run registered already is re-used.
+    """
     out: dict[str, str] = {}
     champion, challenger = select_champion(summary)
-    for alias, config in (("champion", champion), ("challenger", challenger)):
+    for alias, config in ((CHAMPION, champion), (CHALLENGER, challenger)):
         if config is None:
             continue
         run_id, score = _best_run(df, config)
         version = find_model_version(name, "train_run_id", run_id)
         if version is None:
-            exported = export_onnx.run(run_id, ExportConfig(name), dataset=ds, test_accuracy=score, nested=True)
+            exported = export_onnx.run(
+                run_id, ExportConfig(name), dataset=ds, test_accuracy=score, nested=True, promote=False
+            )
             version = str(exported["version"])
         mean = float(summary.loc[summary["config"] == config, "test_accuracy_mean"].iloc[0])
         set_model_version_tags(name, version, {"study": study, "config": config, "mean_test_accuracy": f"{mean:.6f}"})
@@ -606,7 +619,7 @@ def verdict(summary, plan: StudyPlan) -> str:
 def run_study(
     plan: StudyPlan,
     experiment: str | None = None,
-    registered_model_name: str | None = None,
+    registered_model_name: str | None = None,  # auto = <dataset>-<study>[-c<ids>]; None/none = do not register
     executor: str = "local",
     ray_address: str | None = None,
     max_concurrent: int | None = None,
@@ -622,6 +635,9 @@ def run_study(
     executor = parse_choice("executor", executor, EXECUTORS)
     quiet_downloads()
     ds = dataset or prep.load(plan.data_cfg)  # bad data fails here, before any run exists
+    default_name = default_model_name(ds.name, plan.name, ds.class_ids, default_classes(ds.name))
+    registered_model_name = registration.resolve_name(registered_model_name, default_name)
+    registration.check(registered_model_name, ds)  # a name holding another kind of model: refused before training
     if within_run:
         exp_id = run_experiment_id(within_run)
         own = find_experiment_id(f"study-{plan.name}")
@@ -705,13 +721,3 @@ def run_study(
         "trials": [asdict(r) for r in results],
         "seconds": time.perf_counter() - t0,
     }
-
-
-def default_registered_name(plan: StudyPlan, raw: str) -> str | None:
-    """``auto`` -> ``<dataset>-<study>`` (e.g. cifar100-pooling); ``none``/empty -> no registration."""
-    value = str(raw or "").strip()
-    if value.lower() in ("", "none"):
-        return None
-    if value.lower() == AUTO:
-        return f"{plan.data_cfg.dataset}-{plan.name}"
-    return value

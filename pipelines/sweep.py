@@ -15,8 +15,10 @@ the experiment id explicitly (no ``set_experiment``, no active-run inheritance).
 ASHA may die before they end their run: after the sweep the driver ends any child still RUNNING
 (``early_stopped`` when Ray reported no error, FAILED otherwise), so nothing stays RUNNING.
 
-Validation: sweeps pick hyper-parameters on a stratified holdout of the training set
-(``val_fraction``, default 0.1), never on the test set; test accuracy is reported for the record.
+Validation: sweeps pick hyper-parameters (Optuna's objective, ASHA's stops, the best trial) on
+``val_acc``, measured on a stratified holdout of the training set (``val_fraction``, default 0.1,
+split by ``pipelines.data.split_validation`` like ``train``'s own ``val_fraction``), never on the
+test set; the per-epoch ``test_*`` curves and ``test_accuracy`` are reported for the record.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from pipelines.config import (
     parse_choice,
     parse_float,
     parse_int,
+    parse_val_fraction,
 )
 from pipelines.study import EXECUTORS, Pruned, TrialResult, TrialSpec, make_train_cfg, run_trial
 from tracking import experiment_id_for, tracked_run
@@ -347,16 +350,14 @@ def plan_sweep(
     bs = tuple(parse_int("batch_sizes", p) for p in str(batch_sizes).replace(" ", "").split(",") if p)
     if not bs:
         raise ConfigError(f"batch_sizes must be comma-separated integers >= 1; got {batch_sizes!r}")
-    vf = parse_float("val_fraction", val_fraction, positive=False)
-    if not vf < 0.9:
-        raise ConfigError(f"val_fraction must be in [0, 0.9); got {val_fraction!r}")
+    vf = parse_val_fraction(val_fraction, allow_zero=False)  # no holdout = nothing to select on but the test set
     grace = parse_int("grace_period", grace_period)
     if grace > n_epochs:
         raise ConfigError(f"grace_period must be <= epochs ({n_epochs}); got {grace_period!r}")
     return SweepPlan(
         name=name or f"sweep-{model}",
         data_cfg=data_cfg,
-        base_cfg=replace(base, epochs=n_epochs, eval_every=1),
+        base_cfg=replace(base, epochs=n_epochs, eval_every=1, val_fraction=vf),
         epochs=n_epochs,
         lr=_parse_range("lr", lr),
         batch_sizes=bs,
@@ -425,7 +426,7 @@ def _sweep_local(plan: SweepPlan, parent_id: str, experiment_id: str) -> list[st
         if r.pruned:
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
         else:
-            study.tell(trial, r.metrics.get(METRIC, r.metrics.get("test_accuracy")))
+            study.tell(trial, r.metrics[METRIC])
         click.echo(
             f"  {spec.run_name} {spec.label}: "
             + (
@@ -460,7 +461,7 @@ def _sweep_trainable(config: dict, plan: SweepPlan, parent_id: str, experiment_i
         # Outside the MLflow run: if Tune stops the trial now, nothing is left half-closed.
         tune.report(
             {
-                METRIC: r.metrics.get(METRIC, r.metrics.get("test_accuracy")),
+                METRIC: r.metrics[METRIC],
                 "epoch": plan.epochs,
                 "trial_run_id": r.run_id,
                 "test_accuracy": r.metrics.get("test_accuracy"),
@@ -580,7 +581,10 @@ def run_sweep(
         log_table(df, "sweep/trials")
         log_json({"run_ids": [r.run_id for r in records if "test_accuracy" in r.metrics]}, TRIALS_ARTIFACT)
         if records:
-            log_figure(accuracy_curves(records, title=f"{plan.name}: {METRIC} per epoch"), "figures/trial_curves.png")
+            log_figure(
+                accuracy_curves(records, title=f"{plan.name}: {METRIC} per epoch", key=METRIC),
+                "figures/trial_curves.png",
+            )
         complete = [r for r in records if "test_accuracy" in r.metrics and r.tags.get("early_stopped") != "true"]
         if complete:
             log_comparison(complete, plan.name)

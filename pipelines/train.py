@@ -14,12 +14,12 @@ import torch.nn as nn
 
 from models import count_params, create_model
 from pipelines.config import DataConfig, TrainConfig, as_params, data_config, train_config_from
-from pipelines.data import Dataset
+from pipelines.data import Dataset, split_validation
 from pipelines.device import host_allocator, pick_device, pick_precision
 from pipelines.prep import load
 from pipelines.trainer import TrainState, fit
 from tracking import experiment_id_for, tracked_run
-from tracking.artifacts import download, log_file, log_json
+from tracking.artifacts import download, log_data_inputs, log_file, log_json
 from tracking.metrics import MetricLogger
 from tracking.runs import log_metrics, log_params, run_data, set_tags
 
@@ -90,8 +90,20 @@ def load_trained(run_id: str) -> tuple[nn.Module, dict]:
     return model.eval(), config
 
 
+def fit_tensors(ds: Dataset, fraction: float, seed: int, device) -> dict[str, torch.Tensor]:
+    """``fit``'s data on ``device`` (images as float32, moved once): ``x_train``/``y_train`` (the training set
+    minus the validation holdout), ``x_test``/``y_test``, and ``x_val``/``y_val`` when ``fraction`` > 0."""
+    rest, val = split_validation(ds, fraction, seed)
+    arrays = {"x_train": rest.x_train, "y_train": rest.y_train, "x_test": ds.x_test, "y_test": ds.y_test}
+    if val is not None:
+        arrays["x_val"], arrays["y_val"] = val
+    out = {k: torch.from_numpy(a).to(device) for k, a in arrays.items()}
+    return {k: t.float() if k.startswith("x_") else t for k, t in out.items()}
+
+
 def configs_from_run(run_id: str) -> tuple[DataConfig, TrainConfig]:
-    """The data and train configs a finished or interrupted train run was started with."""
+    """The data and train configs a finished or interrupted train run was started with (a run logged
+    before ``val_fraction`` existed resumes with none)."""
     p, _, _ = run_data(run_id)
     if "dataset" not in p or "model" not in p:
         from tracking import TrackingError
@@ -117,15 +129,15 @@ def run(
     recipe = cfg.recipe()
     model, model_config = build_model(cfg, ds)
     model = model.to(device, memory_format=torch.channels_last)  # NHWC input permuted = channels_last already
-    # Data resident on the device as float32, moved once.
-    x_train = torch.from_numpy(ds.x_train).to(device).float()
-    y_train = torch.from_numpy(ds.y_train).to(device)
-    x_test = torch.from_numpy(ds.x_test).to(device).float()
-    y_test = torch.from_numpy(ds.y_test).to(device)
-    params = training_params(data_cfg, cfg, ds, device, precision, model, len(x_train))
-    with tracked_run(f"train-{cfg.tag()}", experiment_id_for(experiment), nested=nested, run_id=resume_run_id) as rid:
+    # Data resident on the device as float32, moved once; the validation holdout is never trained on.
+    data = fit_tensors(ds, cfg.val_fraction, cfg.seed, device)
+    params = training_params(data_cfg, cfg, ds, device, precision, model, len(data["x_train"]))
+    exp_id = experiment_id_for(experiment)
+    monitor = cfg.system_metrics and tracking
+    with tracked_run(f"train-{cfg.tag()}", exp_id, nested=nested, run_id=resume_run_id, system_metrics=monitor) as rid:
         if not resume_run_id:
             log_params(params)
+            log_data_inputs(ds)
         set_tags({"step": "train", "model": cfg.model, "dataset": ds.name})
         ckpt = checkpoint_dir(rid) / "last.pt"
         if resume_run_id and not ckpt.exists():
@@ -149,10 +161,10 @@ def run(
         try:
             state = fit(
                 model,
-                x_train,
-                y_train,
-                x_test,
-                y_test,
+                data["x_train"],
+                data["y_train"],
+                data["x_test"],
+                data["y_test"],
                 recipe,
                 cfg.seed,
                 precision,
@@ -161,6 +173,8 @@ def run(
                 ckpt,
                 resume=resume_run_id is not None,
                 on_epoch=lambda epoch, metrics: logger.log(metrics, epoch),
+                x_val=data.get("x_val"),
+                y_val=data.get("y_val"),
             )
         finally:
             logger.flush(force=True)  # a dead server is found here in seconds: the rest is kept locally

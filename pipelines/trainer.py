@@ -30,8 +30,9 @@ from pipelines.device import autocast_dtype, tune_cpu_allocator
 EpochCallback = Callable[[int, dict[str, float]], None]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (logits, targets) -> scalar loss
 PredictFn = Callable[[torch.Tensor], torch.Tensor]  # logits -> predicted labels, compared with the targets
-# (model, x_test, y_test, batch_size, autocast dtype) -> the epoch's val_* metrics
-ValidateFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, int, "torch.dtype | None"], dict[str, float]]
+# (model, x, y, batch_size, autocast dtype) -> the epoch's metrics on that split (test_* for the test set);
+# with a validation split it is also called with prefix="val" and must then name its metrics val_*.
+ValidateFn = Callable[..., dict[str, float]]
 
 
 def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -94,9 +95,12 @@ def batch_stats(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: 
     return out
 
 
-def validate_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, dtype) -> dict[str, float]:
-    """``fit``'s default validation: ``val_loss``/``val_acc`` (cross-entropy, top-1) with batch p25/p75."""
-    return _summary("val", batch_stats(model, x, y, batch_size, dtype).cpu().numpy())
+def validate_classifier(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, dtype, prefix: str = "test"
+) -> dict[str, float]:
+    """``fit``'s default per-epoch evaluation: ``<prefix>_loss``/``<prefix>_acc`` (cross-entropy, top-1) with
+    batch p25/p75; ``test_*`` on the test set, ``val_*`` on the validation split."""
+    return _summary(prefix, batch_stats(model, x, y, batch_size, dtype).cpu().numpy())
 
 
 def _summary(prefix: str, stats: np.ndarray) -> dict[str, float]:
@@ -205,9 +209,14 @@ def fit(
     loss_fn: LossFn = cross_entropy,
     predict_fn: PredictFn = argmax,
     validate: ValidateFn = validate_classifier,
+    x_val: torch.Tensor | None = None,
+    y_val: torch.Tensor | None = None,
 ) -> TrainState:
     """Train ``model`` (already on the data's device) by ``recipe``; returns the final state.
 
+    Every ``eval_every`` epochs (and the last) the model is evaluated on the test set (``test_*``
+    metrics, reported only: nothing here selects on them) and, when given, on the validation split
+    ``x_val``/``y_val`` held out of the training data (``val_*``, what model selection may use).
     ``on_epoch(epoch, metrics)`` receives every epoch's numbers (the tracking hook).
     ``loss_fn``, ``predict_fn`` (for ``train_acc``) and ``validate`` default to classification;
     ``pipelines.segment`` passes its mask loss, mask decoding and IoU/Dice validation.
@@ -267,12 +276,14 @@ def fit(
             last = epoch + 1 == epochs
             if (epoch + 1) % eval_every == 0 or last:
                 metrics.update(validate(model, x_test, y_test, bs, dtype))
+                if x_val is not None:
+                    metrics.update(validate(model, x_val, y_val, bs, dtype, prefix="val"))
             metrics["epoch_seconds"] = time.perf_counter() - t0
             metrics["lr"] = opt.param_groups[0]["lr"]
             state.train_seconds += metrics["epoch_seconds"]
             state.epoch = epoch + 1
             state.history.append({"epoch": epoch + 1, **metrics})
-            shown = {key: f"{metrics[key]:.3f}" for key in ("val_acc", "val_miou") if key in metrics}
+            shown = {key: f"{metrics[key]:.3f}" for key in ("test_acc", "val_acc", "val_miou") if key in metrics}
             bar.set_postfix(loss=f"{metrics['train_loss']:.3f}", **shown)
             if on_epoch:
                 on_epoch(epoch + 1, metrics)

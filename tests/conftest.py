@@ -95,7 +95,7 @@ def assert_one_epoch_runs_landed(client, experiment: str, printed: set[str], n: 
     for run in runs:
         rid = run.info.run_id
         assert run.info.status == "FINISHED", rid
-        for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds"):
+        for key in ("train_loss", "train_acc", "test_loss", "test_acc", "lr", "epoch_seconds"):
             assert [m.step for m in client.get_metric_history(rid, key)] == [1], (rid, key)
         for key in ("train_seconds", "seconds_per_epoch", "num_params", "epochs_done"):
             assert key in run.data.metrics, (rid, key)

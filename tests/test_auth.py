@@ -98,7 +98,7 @@ def test_run_with_credentials_from_env_works(auth_server, monkeypatch, uri_resto
     rid = result.stdout.split("train run ")[1].split(":")[0]
     run = MlflowClient(url).get_run(rid)
     assert run.info.status == "FINISHED" and run.info.user_id == "alice"
-    assert [m.step for m in MlflowClient(url).get_metric_history(rid, "val_acc")] == [1]
+    assert [m.step for m in MlflowClient(url).get_metric_history(rid, "test_acc")] == [1]
 
 
 @pytest.mark.parametrize("user", [None, "alice-wrong-password"])

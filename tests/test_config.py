@@ -48,6 +48,9 @@ BAD_TRAIN = [
     ({"precision": "fp8"}, "precision must be one of"),
     ({"seed": "-1"}, "seed must be an integer >= 0"),
     ({"augment": "maybe"}, "augment must be true or false"),
+    ({"val_fraction": "0.6"}, "val_fraction must be a number in"),
+    ({"val_fraction": "-0.1"}, "val_fraction must be a number in"),
+    ({"val_fraction": "some"}, "val_fraction must be a number in"),
 ]
 
 
@@ -84,7 +87,7 @@ def test_auto_means_recipe_and_overrides_win():
 
 def test_params_are_spelled_like_mlflow_run_logs_them():
     params = as_params(data_config("cifar100", "", "default"), train_config(**GOOD))
-    assert params["epochs"] == "auto" and params["classes"] == "default" and params["data_dir"] == ""
+    assert params["epochs"] == "auto" and params["classes"] == "default" and params["data_dir"] == "''"
     assert params["seed"] == "0" and params["eval_every"] == "1"
 
 

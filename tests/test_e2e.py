@@ -63,8 +63,8 @@ def test_mlflow_run_main_end_to_end(tracking, cifar_dir, tmp_path):
     assert all(r.info.status == "FINISHED" for r in children.values())
 
     train = children["train"]
-    assert train.data.params["recipe.lr"] == "0.005" and train.data.params["env.torch"].startswith("2.13")
-    history = client.get_metric_history(train.info.run_id, "val_acc")
+    assert train.data.params["recipe.lr"] == "0.005" and train.data.tags["env.torch"].startswith("2.13")
+    history = client.get_metric_history(train.info.run_id, "test_acc")
     assert [m.step for m in history] == [1, 2]
     ev = children["evaluate"]
     for key in (
@@ -151,3 +151,31 @@ def test_steps_chain_by_run_id_on_digits(tracking):
     assert ex.returncode == 0, ex.stderr[-2000:]
     mv = client.get_model_version_by_alias("digits-cnn", "champion")
     assert float(mv.tags["test_accuracy"]) == pytest.approx(ev_run.data.metrics["test_accuracy"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_documented_special_values_go_through_mlflow_run(tracking):
+    """none, default, auto and an empty data_dir in one `main` run: `mlflow run` logs each param as given
+    (shell-quoted: an empty one is '') before our code runs, and MLflow refuses to change a logged param."""
+    special = ["registered_model_name=none", "classes=default", "lr_schedule=none"]  # data_dir "", recipe auto
+    proc = _run([*MLFLOW_RUN, "--experiment-name", "e2e-special", "-P", "dataset=digits", "-P", "epochs=1"]
+                + [a for p in special for a in ("-P", p)])  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client = MlflowClient()
+    (parent,) = client.search_runs([client.get_experiment_by_name("e2e-special").experiment_id], "tags.step = 'main'")
+    assert parent.info.status == "FINISHED"
+    logged = [parent.data.params[k] for k in ("registered_model_name", "classes", "lr_schedule", "data_dir", "lr")]
+    assert logged == ["none", "default", "none", "''", "auto"]
+    children = _children(client, parent)
+    assert set(children) == {"prep", "train", "evaluate", "export_onnx"}
+    assert all(r.info.status == "FINISHED" for r in children.values())
+    assert children["train"].data.params["recipe.lr_schedule"] == "none"  # a choice, not "the recipe's"
+
+    # registered_model_name=none: the ONNX model is logged, and no version of any name comes from these runs
+    assert "registered_model" not in parent.data.tags and "registered_model" not in children["export_onnx"].data.tags
+    for run in (parent, *children.values()):
+        assert client.search_model_versions(f"run_id = '{run.info.run_id}'") == []
+
+    # the CLI reads the logged spelling back: evaluate loads the data set from the train run's params
+    ev = _run([sys.executable, "-m", "pipelines", "evaluate", "--train-run-id", children["train"].info.run_id])
+    assert ev.returncode == 0, ev.stderr[-2000:]

@@ -101,7 +101,7 @@ def _snapshot(client: MlflowClient, experiment: str) -> dict:
         "runs": sorted((r.info.run_id, r.data.tags.get("step"), r.info.status) for r in runs),
         "metrics": {step: r.data.metrics for step, r in by_step.items()},
         "params": {step: r.data.params for step, r in by_step.items()},
-        "val_acc": [(m.step, m.value) for m in client.get_metric_history(train.info.run_id, "val_acc")],
+        "test_acc": [(m.step, m.value) for m in client.get_metric_history(train.info.run_id, "test_acc")],
         "reports": sorted(f.path for f in client.list_artifacts(ev.info.run_id, "reports")),
         "train_files": sorted(f.path for f in client.list_artifacts(train.info.run_id)),
         "champion": (mv.name, mv.version, mv.run_id, mv.source, mv.tags.get("train_run_id")),
@@ -131,7 +131,7 @@ def test_pipeline_on_postgres_survives_a_restart(pg_tracking, cifar_dir, tmp_pat
     }
     assert set(children) == {"prep", "train", "evaluate", "export_onnx"}
     assert all(r.info.status == "FINISHED" for r in children.values())
-    assert [m.step for m in client.get_metric_history(children["train"].info.run_id, "val_acc")] == [1, 2]
+    assert [m.step for m in client.get_metric_history(children["train"].info.run_id, "test_acc")] == [1, 2]
     for key in ("test_accuracy", "train_accuracy", "test_macro_f1", "num_params", "inference_ms_per_image"):
         assert key in children["evaluate"].data.metrics, key
     assert parent.data.metrics["test_accuracy"] == children["evaluate"].data.metrics["test_accuracy"]

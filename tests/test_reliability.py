@@ -129,11 +129,14 @@ def _reference(epochs: int, augment: str = "false", experiment: str = "reference
 
 @pytest.fixture(scope="module")
 def classifier(mlflow_server) -> str:
-    """A registered ONNX classifier of 8x8 grey images: class 0 'bright', 1 'dark', 2 'grey' (mean brightness)."""
+    """A registered ONNX classifier of 8x8 grey images: class 0 'bright', 1 'dark', 2 'grey' (mean brightness).
+
+    Its class names come from the model card in the file (``classify`` reads no registry tag).
+    """
     from onnx import TensorProto, helper, numpy_helper
 
+    from pipelines.modelcard import ModelCard, embed
     from tracking import experiment_id_for, tracked_run
-    from tracking.registry import log_onnx
 
     mlflow.set_tracking_uri(mlflow_server)
     w = np.zeros((64, 3), np.float32)
@@ -152,10 +155,28 @@ def classifier(mlflow_server) -> str:
     )
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     proto.ir_version = 10
-    x = np.full((2, 8, 8, 1), 200, np.float32)
-    tags = {"classes": "0,1,2", "class_names": "bright,dark,grey", "dataset": "test"}
+    card = ModelCard(
+        model="brightness",
+        dataset="test",
+        class_ids=[0, 1, 2],
+        class_names=["bright", "dark", "grey"],
+        input_shape=[8, 8, 1],
+        dataset_fingerprint="0" * 64,
+        test_fingerprint="0" * 64,
+        test_split="none",
+        train_run_id="none",
+        test_accuracy=0.9,
+    )
+    embed(proto, card)
     with tracked_run("classifier", experiment_id_for("reliability-classifier")):
-        log_onnx(proto, x, x.reshape(2, -1) @ w + b, CLASSIFIER, 0.9, tags)
+        info = mlflow.onnx.log_model(
+            proto,
+            name="model",
+            registered_model_name=CLASSIFIER,
+            pip_requirements=["onnxruntime"],  # stated: inferring them costs seconds
+            save_as_external_data=False,
+        )
+    MlflowClient().set_registered_model_alias(CLASSIFIER, "champion", str(info.registered_model_version))
     return f"models:/{CLASSIFIER}@champion"
 
 
@@ -343,7 +364,7 @@ def test_classify_prints_top_k_and_creates_no_run(tracking, classifier, tmp_path
     assert lines[0].startswith(f"{files[0]}: bright (0) 1.000, grey (2) 0.000")
     assert lines[1].startswith(f"{files[1]}: dark (1) 1.000")
     assert lines[2].startswith(f"{files[2]}: bright (0)")
-    assert result.stderr.strip() == f"note: {files[2]} is 40x24, resized to the model's input"
+    assert result.stderr.strip() == f"note: {files[2]} is 40x24, centre-cropped and area-averaged to the model's input"
     assert _run_ids(client) == before
 
 
@@ -409,7 +430,7 @@ def test_exception_mid_training_fails_run_and_parent_then_resumes_exactly(tracki
     finally:
         torch.set_num_threads(threads)
     assert resumed.run_id == rid and client.get_run(rid).info.status == "FINISHED"
-    for key in ("train_loss", "val_acc", "lr"):
+    for key in ("train_loss", "test_acc", "lr"):
         assert _steps(client, rid, key) == [1, 2, 3, 4], key  # continues at the right step, none twice
     assert client.get_run(rid).data.tags["previous_error"] == "RuntimeError: disk on fire at epoch 2"
     assert "error" not in client.get_run(rid).data.tags
@@ -448,14 +469,14 @@ def test_sigterm_mid_run_ends_killed_after_checkpoint_and_resume_equals_uninterr
     assert f"train run {rid}: {epochs} epochs" in resume.stdout  # the same run id
     run = client.get_run(rid)
     assert run.info.status == "FINISHED" and run.data.metrics["epochs_done"] == epochs
-    for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr"):
+    for key in ("train_loss", "train_acc", "test_loss", "test_acc", "lr"):
         assert _steps(client, rid, key) == list(range(1, epochs + 1)), key  # no gap, no duplicate
 
     reference = _reference(epochs, augment="true", experiment=_unique("kill-resume-reference"))
     resumed, _ = load_trained(rid)
     _assert_same_weights(resumed.state_dict(), reference.model.state_dict())
-    ref_loss = [h["val_loss"] for h in reference.state.history]
-    got_loss = [m.value for m in sorted(client.get_metric_history(rid, "val_loss"), key=lambda m: m.step)]
+    ref_loss = [h["test_loss"] for h in reference.state.history]
+    got_loss = [m.value for m in sorted(client.get_metric_history(rid, "test_loss"), key=lambda m: m.step)]
     np.testing.assert_allclose(got_loss, ref_loss, rtol=0, atol=1e-5)
 
 
@@ -575,7 +596,7 @@ def test_server_dies_mid_run_training_finishes_and_resync_completes_the_run(tmp_
         assert "status FINISHED" in result.stdout
         run = client.get_run(rid)
         assert run.info.status == "FINISHED" and run.data.metrics["epochs_done"] == epochs
-        for key in ("train_loss", "val_acc", "epoch_seconds"):
+        for key in ("train_loss", "test_acc", "epoch_seconds"):
             assert _steps(client, rid, key) == list(range(1, epochs + 1)), key
         files = {f.path for d in ("model", "checkpoints", "") for f in client.list_artifacts(rid, d or None)}
         assert {"model/state_dict.pt", "model/model_config.json", "checkpoints/last.pt", "history.json"} <= files

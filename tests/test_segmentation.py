@@ -251,7 +251,7 @@ def test_segment_end_to_end(tracking, tmp_path):
     for key in ("test_miou", "test_mdice", "test_pixel_acc", "train_miou", "test_iou_class_0", "test_dice_class_0"):
         assert key in m and 0.0 <= m[key] <= 1.0, key
     assert m["onnx_max_abs_diff"] < 1e-4 and m["onnx_parity_batch"] == 6  # batch 6: export saw batch 2
-    assert [h.step for h in client.get_metric_history(run.info.run_id, "val_miou")] == [1, 2]
+    assert [h.step for h in client.get_metric_history(run.info.run_id, "test_epoch_miou")] == [1, 2]
     assert run.data.params["task"] == "multiclass" and run.data.params["data.in_shape"] == "21x19x1"
     assert run.data.tags["step"] == "segment" and result["registered_model"] == "seg-test-multiclass"
     artifacts = {f.path for d in ("figures", "reports", "model") for f in client.list_artifacts(run.info.run_id, d)}
@@ -345,7 +345,7 @@ def test_segment_resume_continues_exactly_like_an_uninterrupted_run(tracking, mo
     finally:
         torch.set_num_threads(threads)
     assert resumed["run_id"] == rid and client.get_run(rid).info.status == "FINISHED"
-    for key in ("train_loss", "val_miou"):
+    for key in ("train_loss", "test_epoch_miou"):
         assert sorted(m.step for m in client.get_metric_history(rid, key)) == [1, 2, 3, 4], key  # none twice
     a, b = load_trained(rid)[0].state_dict(), load_trained(reference["run_id"])[0].state_dict()
     for k in a:

@@ -17,7 +17,8 @@ from pipelines.config import ConfigError
         ({"batch_sizes": ","}, "batch_sizes must be comma-separated integers"),
         ({"num_samples": "0"}, "num_samples must be an integer >= 1"),
         ({"epochs": "2", "grace_period": "3"}, "grace_period must be <= epochs"),
-        ({"val_fraction": "0.95"}, "val_fraction must be in"),
+        ({"val_fraction": "0.95"}, r"val_fraction must be a number in \(0, 0\.5\], got '0\.95'"),
+        ({"val_fraction": "0"}, r"val_fraction must be a number in \(0, 0\.5\]"),  # selection needs a holdout
         ({"model": "nope"}, "model must be one of"),
     ],
 )

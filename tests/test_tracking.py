@@ -6,7 +6,6 @@ import json
 import threading
 import time
 
-import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -106,29 +105,3 @@ def test_resync_sends_only_what_is_missing(tracking, tmp_path):
     assert resync(rid, local) == 5
     assert resync(rid, local) == 0
     assert len(MlflowClient().get_metric_history(rid, "loss")) == 5
-
-
-def test_champion_moves_only_to_a_better_score(tracking):
-    import onnx
-    from onnx import TensorProto, helper
-
-    from tracking.registry import champion_score, log_onnx
-
-    node = helper.make_node("Identity", ["input"], ["output"])
-    graph = helper.make_graph(
-        [node],
-        "g",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 2])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [None, 2])],
-    )
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    onnx.checker.check_model(proto)
-    x = np.zeros((1, 2), np.float32)
-    results = []
-    for score in (0.5, 0.4, 0.6):
-        with tracked_run(f"reg-{score}", experiment_id_for("registry")):
-            results.append(log_onnx(proto, x, x, "identity-model", score, {"note": "test"}))
-    assert [r.is_champion for r in results] == [True, False, True]
-    assert champion_score("identity-model") == pytest.approx(0.6)
-    mv = MlflowClient().get_model_version_by_alias("identity-model", "champion")
-    assert mv.version == results[2].version

@@ -48,8 +48,8 @@ def test_learns_the_synthetic_task(tensors):
     _, state = train(tensors, {**RECIPE, "epochs": 12, "lr": 0.02})
     first, last = state.history[0], state.history[-1]
     assert last["train_loss"] < first["train_loss"]
-    assert last["val_acc"] > 0.8  # chance is 1/3
-    for key in ("train_loss_p25", "train_loss_p75", "train_acc", "val_loss", "val_acc_p25", "epoch_seconds", "lr"):
+    assert last["test_acc"] > 0.8  # chance is 1/3
+    for key in ("train_loss_p25", "train_loss_p75", "train_acc", "test_loss", "test_acc_p25", "epoch_seconds", "lr"):
         assert key in last
     assert last["train_loss_p25"] <= last["train_loss_p75"]
 
@@ -75,7 +75,7 @@ def test_resuming_a_checkpoint_of_another_model_is_a_one_line_error(tensors, tmp
 
 def test_eval_every_still_evaluates_the_last_epoch(tensors):
     _, state = train(tensors, {**RECIPE, "epochs": 5}, eval_every=2)
-    assert [h["epoch"] for h in state.history if "val_acc" in h] == [2, 4, 5]
+    assert [h["epoch"] for h in state.history if "test_acc" in h] == [2, 4, 5]
 
 
 def test_interrupt_checkpoints_and_resume_matches_uninterrupted(tensors, tmp_path):
@@ -96,7 +96,7 @@ def test_interrupt_checkpoints_and_resume_matches_uninterrupted(tensors, tmp_pat
     assert state.epoch == 4 and [h["epoch"] for h in state.history] == [1, 2, 3, 4]
     for (k, va), vb in zip(reference.state_dict().items(), resumed.state_dict().values()):
         torch.testing.assert_close(va, vb, rtol=0, atol=1e-6, msg=k)
-    assert state.history[-1]["val_loss"] == pytest.approx(ref_state.history[-1]["val_loss"], abs=1e-6)
+    assert state.history[-1]["test_loss"] == pytest.approx(ref_state.history[-1]["test_loss"], abs=1e-6)
 
 
 def test_checkpoint_loads_with_weights_only(tensors, tmp_path):

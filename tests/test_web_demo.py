@@ -54,7 +54,7 @@ def demo_models(mlflow_server, cifar_dir, tmp_path_factory):
         for model, name in (("pooling_cnn", CNN), ("fcnet", FC)):
             recipe = (model, "max", "2", "auto", "auto", "auto", "auto", "auto", "auto", "false", "0", "cpu", "fp32")
             trained = train.run(data, train_config(*recipe, "1", "50"), dataset=ds, experiment="web-demo")
-            score = trained.state.history[-1]["val_acc"]
+            score = trained.state.history[-1]["test_acc"]
             export_onnx.run(trained.run_id, export_config(name, 1e-4), ds, trained.model, score, "web-demo")
     return {"cnn": f"models:/{CNN}@champion", "fc": f"models:/{FC}@champion"}
 
@@ -89,6 +89,7 @@ def test_demo_cli_writes_folder(tracking, demo_models, tmp_path):
     import json
 
     from pipelines.__main__ import cli
+    from pipelines.modelcard import read as read_card
 
     _vendor_or_skip()
     out = tmp_path / "demo"
@@ -113,6 +114,13 @@ def test_demo_cli_writes_folder(tracking, demo_models, tmp_path):
         assert m["input_shape"] == [32, 32, 3] and m["input_layout"] == "NHWC" and m["input_range"] == [0, 255]
         assert m["class_ids"] == [0, 33, 41] and m["class_names"] == ["class_0", "class_33", "class_41"]
         assert m["run_id"] and m["train_run_id"] and 0 <= m["test_accuracy"] <= 1
+        card = read_card(out / m["file"])  # models.json repeats the file's own card
+        assert (m["class_names"], m["train_run_id"], m["preprocessing"]) == (
+            card.class_names,
+            card.train_run_id,
+            card.preprocessing,
+        )
+        assert m["preprocessing_id"] == "center-crop-box-v1" and m["dataset"] == "cifar100"
         sess = ort.InferenceSession(str(out / m["file"]), providers=["CPUExecutionProvider"])
         assert sess.get_inputs()[0].name == m["input_name"]
 
@@ -259,6 +267,87 @@ def test_demo_in_headless_chromium(tracking, demo_models, cifar_dir, tmp_path):
         print(f"screenshot: {shot}")
         if os.environ.get("DEMO_SCREENSHOT"):
             shutil.copyfile(shot, os.environ["DEMO_SCREENSHOT"])
+    finally:
+        driver.quit()
+        server.shutdown()
+        server.server_close()
+
+
+# A non-square photo, one larger than 1024 px on a side, one with transparency, one rotated by EXIF.
+PHOTOS = (("wide.png", 97, 61), ("big.png", 1100, 1500), ("alpha.png", 120, 80), ("rotated.jpg", 90, 60))
+
+
+def _photo_file(folder: Path, name: str, w: int, h: int) -> Path:
+    from PIL import Image
+
+    from tests.test_modelcard import photo
+
+    path = folder / name
+    pixels = photo(w, h, seed=w)
+    if name.startswith("alpha"):
+        alpha = np.linspace(0, 255, w, dtype=np.float64)[None, :].repeat(h, axis=0)  # transparent on the left
+        Image.fromarray(np.dstack([pixels, alpha.round().astype(np.uint8)]), "RGBA").save(path)
+    elif name.startswith("rotated"):
+        img = Image.fromarray(pixels)
+        exif = img.getexif()
+        exif[0x0112] = 6  # shown rotated 90 degrees clockwise, as phones store portrait photos
+        img.save(path, quality=92, exif=exif.tobytes())
+    else:
+        Image.fromarray(pixels).save(path)
+    return path
+
+
+def test_page_and_python_make_the_same_model_input(tmp_path):
+    """The same image files through ``modelcard.to_model_input`` + onnxruntime and through the page."""
+    from PIL import Image, ImageOps
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from pipelines.demo import build, serve_in_thread
+    from pipelines.modelcard import PREPROCESSING_ID, crop_rect, to_model_input
+    from tests.test_modelcard import export_with_card
+
+    _vendor_or_skip()
+    driver = _driver_or_skip(tmp_path)
+    # Local .onnx files with their cards (no registry): an RGB CNN and a grayscale FC model.
+    cnn, fc = tmp_path / "cnn.onnx", tmp_path / "fc.onnx"
+    export_with_card(cnn, "pooling_cnn", (32, 32, 3), seed=1)
+    export_with_card(fc, "fcnet", (28, 28, 1), seed=2)
+    folder = build(str(cnn), str(fc), tmp_path / "demo")
+    server, url = serve_in_thread(folder, 0)
+    try:
+        driver.get(url)
+        ready = "return window.__demo && (window.__demo.ready || window.__demo.error)"
+        WebDriverWait(driver, 30).until(lambda d: d.execute_script(ready))
+        assert not driver.execute_script("return window.__demo.error")
+        assert f"preprocessing {PREPROCESSING_ID}" in driver.find_element(By.ID, "about").text
+        assert driver.execute_script("return window.__demo.api.cropRect(10, 3, 3, 2)") == [2, 0, 5, 3]  # ties up
+        sessions = {
+            m["key"]: ort.InferenceSession(str(folder / m["file"]), providers=["CPUExecutionProvider"])
+            for m in driver.execute_script("return window.__demo.meta.models")
+        }
+        seq, worst = 0, {}
+        for name, w, h in PHOTOS:
+            path = _photo_file(tmp_path, name, w, h)
+            driver.find_element(By.ID, "file").send_keys(str(path))
+            demo = _wait_update(driver, seq)
+            seq = demo["seq"]
+            with Image.open(path) as img:
+                upright = ImageOps.exif_transpose(img).size
+                assert [demo["image"]["width"], demo["image"]["height"]] == list(upright)
+                assert demo["image"]["crop"] == list(crop_rect(*upright, 32, 32))
+                assert demo["image"]["preprocessing"] == PREPROCESSING_ID
+                for m in demo["meta"]["models"]:
+                    res = demo["results"][m["key"]]
+                    page = np.asarray(res["input"], dtype=np.float32).reshape(m["input_shape"])
+                    ours = to_model_input(img, *m["input_shape"])
+                    diff = float(np.abs(page - ours).max())
+                    worst[(name, m["key"])] = diff
+                    assert diff <= 1.0, (name, m["key"], diff)  # within 1/255 of the 0..255 range
+                    logits = sessions[m["key"]].run(None, {m["input_name"]: ours[None]})[0][0]
+                    assert int(np.argmax(res["logits"])) == int(np.argmax(logits)), (name, m["key"])
+        print("max |page - python| per image and model:", worst)
+        assert max(v for (n, _), v in worst.items() if n.endswith(".png") and "alpha" not in n) == 0
     finally:
         driver.quit()
         server.shutdown()

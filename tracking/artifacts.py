@@ -52,13 +52,30 @@ def log_file(local: str | Path, artifact_dir: str | None = None, run_id: str | N
         mlflow.log_artifact(str(local), artifact_dir)
 
 
-def log_dataset_input(name: str, x: np.ndarray, y: np.ndarray, source: str, digest: str, context: str) -> None:
-    """Record the data set as a run input (shown in the UI's Datasets column)."""
+def dataset_input(name: str, x: np.ndarray, y: np.ndarray, source: str, digest: str):
+    """An ``mlflow.data`` data set of arrays (for ``log_input`` and for metrics linked to a data set)."""
     with warnings.catch_warnings():
         # a local path matches two equivalent source types; MLflow warns and picks one, which is fine
         warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
-        ds = mlflow.data.from_numpy(x, targets=y, source=source, name=name, digest=digest[:32])
+        return mlflow.data.from_numpy(x, targets=y, source=source, name=name, digest=digest[:32])
+
+
+def log_dataset_input(name: str, x: np.ndarray, y: np.ndarray, source: str, digest: str, context: str):
+    """Record the data set as a run input (shown in the UI's Dataset column); returns it."""
+    ds = dataset_input(name, x, y, source, digest)
     mlflow.log_input(ds, context=context)
+    return ds
+
+
+def log_data_inputs(ds) -> object:
+    """A classification data set's train and test splits as inputs of the active run; returns the test one.
+
+    ``ds`` is a ``pipelines.data.Dataset`` (name, arrays, source, fingerprint()). The test split is
+    what evaluation metrics are linked to (``log_metrics(..., dataset=...)``).
+    """
+    digest = ds.fingerprint()
+    log_dataset_input(f"{ds.name}-train", ds.x_train, ds.y_train, ds.source, digest, "training")
+    return log_dataset_input(f"{ds.name}-test", ds.x_test, ds.y_test, ds.source, digest, "evaluation")
 
 
 def download(run_id: str, artifact_path: str, dst: str | Path | None = None) -> Path:

@@ -6,6 +6,7 @@ runs FINISHED even after a crash outside a ``with`` block; ``tracked_run`` close
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import traceback
@@ -41,17 +42,28 @@ def _raise_killed(signum, _frame):
 
 
 def configure() -> str:
-    """Set defaults (tracking URI, HTTP retries), install the SIGTERM handler, check the server."""
+    """Set defaults (tracking URI, HTTP retries), install the SIGTERM handler, check the server.
+
+    A sqlite store is created, migrated or repaired here under a file lock (``tracking.store``):
+    MLflow does that unlocked in whichever process opens a fresh store first, and concurrent
+    first uses break it.
+    """
     for key, value in HTTP_DEFAULTS.items():
         os.environ.setdefault(key, value)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     # Model/checkpoint downloads are small; a bar per download would bury the one-line messages.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # MLflow's own "View run" links open the GenAI overview; commands print training-view links instead.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
     mlflow.set_tracking_uri(uri)
     signal.signal(signal.SIGTERM, _raise_killed)
     if uri.startswith(("http://", "https://")):
         check_server(uri)
+    elif uri.startswith("sqlite:"):
+        from tracking.store import ensure_store
+
+        ensure_store(uri)
     return uri
 
 
@@ -76,6 +88,35 @@ def check_server(uri: str, timeout_s: float = 10) -> None:
             raise TrackingError(message) from None
 
 
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # the UI's model-training kind
+UI_VIEW = "workflowType=machine_learning"  # the MLflow UI opens on its training view, not GenAI's
+LOCAL_UI = "http://127.0.0.1:5000"  # `make server` / `mlflow ui` for a local store
+STARTED: list[str] = []  # top-level runs this process started, in order (linked after each command)
+
+
+def ui_url(experiment_id: str | None = None, run_id: str | None = None) -> str:
+    """The MLflow UI page of an experiment (or one of its runs), opening on the model-training view."""
+    uri = mlflow.get_tracking_uri()
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else LOCAL_UI
+    if experiment_id is None:
+        return f"{base}/#/experiments?{UI_VIEW}"
+    page = f"/runs/{run_id}" if run_id else ""
+    return f"{base}/#/experiments/{experiment_id}{page}?{UI_VIEW}"
+
+
+def run_url(run_id: str) -> str:
+    return ui_url(MlflowClient().get_run(run_id).info.experiment_id, run_id)
+
+
+def _mark_experiment(experiment_id: str) -> None:
+    """Tag the experiment as model development (once), so MLflow treats it as a training experiment."""
+    client = MlflowClient()
+    key, value = next(iter(EXPERIMENT_KIND.items()))
+    with contextlib.suppress(MlflowException):
+        if client.get_experiment(experiment_id).tags.get(key) != value:
+            client.set_experiment_tag(experiment_id, key, value)
+
+
 def experiment_id_for(name: str | None) -> str | None:
     """Experiment id by name, created once if missing (race-safe: never ``set_experiment``).
 
@@ -90,7 +131,7 @@ def experiment_id_for(name: str | None) -> str | None:
     if exp is not None:
         return exp.experiment_id
     try:
-        return client.create_experiment(name)
+        return client.create_experiment(name, tags=EXPERIMENT_KIND)
     except MlflowException:  # another process created it between our get and create
         exp = client.get_experiment_by_name(name)
         if exp is None:
@@ -105,6 +146,12 @@ def active_run_id() -> str:
     return run.info.run_id
 
 
+def parent_run_id() -> str | None:
+    """The run the active run is nested in (``mlflow.parentRunId``), None for a top-level run."""
+    run = mlflow.active_run()
+    return run.data.tags.get("mlflow.parentRunId") if run is not None else None
+
+
 def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
 
@@ -117,11 +164,13 @@ def tracked_run(
     tags: dict[str, str] | None = None,
     run_id: str | None = None,
     description: str | None = None,
+    system_metrics: bool = False,
 ) -> Iterator[str]:
     """Start (or resume, with ``run_id``) a run and always end it with the right status.
 
     Outside a nested run, ``MLFLOW_RUN_ID`` (set by ``mlflow run``) is attached to, so the run
-    MLflow created for the entry point is the one we fill and end. Yields the run id.
+    MLflow created for the entry point is the one we fill and end. ``system_metrics``: CPU,
+    memory (and GPU) sampled by MLflow's own monitor while the run is open. Yields the run id.
     """
     parent = mlflow.active_run()
     resuming = run_id is not None  # our own resume: its environment params are logged already
@@ -138,6 +187,7 @@ def tracked_run(
         nested=nested,
         tags=tags,
         description=description,
+        log_system_metrics=system_metrics,
     )
     rid = run.info.run_id
     mark_online()  # start_run answered
@@ -151,7 +201,11 @@ def tracked_run(
     if not resuming:
         from tracking.env import environment_params
 
-        log_params(environment_params())  # versions, CPU/GPU, git commit: on every run
+        # versions, CPU/GPU, git commit: tags, so the compare view's parameter table holds hyper-parameters only
+        set_tags(environment_params())
+    if not nested:
+        _mark_experiment(run.info.experiment_id)
+        STARTED.append(rid)
     try:
         yield rid
     except (KeyboardInterrupt, RunKilled) as e:
@@ -211,12 +265,13 @@ def set_tags(tags: dict) -> None:
     mlflow.set_tags({k: str(v) for k, v in tags.items()})
 
 
-def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
+def log_metrics(metrics: dict[str, float], step: int | None = None, model_id: str | None = None, dataset=None) -> None:
+    """Metrics of the active run; with ``model_id`` (and ``dataset``) also linked to that LoggedModel."""
     run = mlflow.active_run()
     if offline() and run is not None:  # the server is known to be down: keep them for `resync`
         defer_metrics(run.info.run_id, metrics, step)
         return
-    mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+    mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step, model_id=model_id, dataset=dataset)
 
 
 def run_experiment_id(run_id: str) -> str:
@@ -309,29 +364,6 @@ def end_run_as(run_id: str, status: str, tags: dict | None = None) -> None:
     client.set_terminated(run_id, status)
 
 
-def find_model_version(name: str, tag: str, value: str) -> str | None:
-    """Newest version of registered model ``name`` whose tag ``tag`` equals ``value``."""
-    try:
-        versions = MlflowClient().search_model_versions(f"name = '{name}'")
-    except MlflowException:
-        return None
-    hits = [int(v.version) for v in versions if (v.tags or {}).get(tag) == value]
-    return str(max(hits)) if hits else None
-
-
-def set_model_version_tags(name: str, version: str, tags: dict) -> None:
-    client = MlflowClient()
-    for k, v in tags.items():
-        client.set_model_version_tag(name, version, k, str(v))
-
-
-def model_version_for_alias(name: str, alias: str) -> str | None:
-    try:
-        return str(MlflowClient().get_model_version_by_alias(name, alias).version)
-    except MlflowException:
-        return None
-
-
 # --- end studies (issue 5) ---
 
 
@@ -341,7 +373,6 @@ def model_version_for_alias(name: str, alias: str) -> str | None:
 # at the end of a run), calls that would go to it are recorded in ``<local_run_dir>/pending.json``
 # (files copied beside it) and replayed by ``python -m pipelines resync RUN_ID`` or on resume.
 
-import contextlib  # noqa: E402
 import json  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402

@@ -1,21 +1,23 @@
 // Browser demo: runs the models listed in models.json side by side with onnxruntime-web.
 // onnxruntime-web is vendored next to this file (web/build.sh, pinned in package-lock.json): no CDN, works offline.
 //
-// Preprocessing (the same for every model, from models.json): centre crop to the model's aspect ratio,
-// exact area-average (box filter) down to H x W, grayscale (0.299 R + 0.587 G + 0.114 B) when C = 1,
-// round to integers 0..255, optional inversion; the model gets float32 NHWC [1, H, W, C] in 0..255.
+// Preprocessing PREPROCESSING_ID, the arithmetic of pipelines/modelcard.py `to_model_input` (each model's
+// card names it, copied into models.json): EXIF orientation, transparency over black, centre crop to the
+// model's aspect ratio, exact area-average (box filter) from full resolution down to H x W, grayscale
+// (0.299 R + 0.587 G + 0.114 B) when C = 1, round to integers 0..255; then the page's optional inversion.
+// The model gets float32 NHWC [1, H, W, C] in 0..255.
 // window.__demo exposes the exact inputs and outputs of the last update (read by tests/test_web_demo.py).
 import * as ort from './vendor/ort.wasm.min.mjs';
 
 ort.env.wasm.numThreads = 1; // no SharedArrayBuffer: a plain http.server sends no COOP/COEP headers
 ort.env.wasm.wasmPaths = new URL('./vendor/', import.meta.url).href;
 
-const MAX_SIDE = 1024; // larger crops are first scaled by the browser, then box-filtered exactly
+const PREPROCESSING_ID = 'center-crop-box-v1'; // the only preprocessing this page implements
 
 const $ = (id) => document.getElementById(id);
 const state = {
   models: [], // models.json entries + {session, H, W, C}
-  pixels: new Map(), // "WxH" -> cropped RGBA pixels of the current image for that aspect ratio
+  averages: new Map(), // "HxW" -> box-filtered RGB (Float64Array [H, W, 3], unrounded) of the current image
   base: new Map(), // "HxWxC" -> unshifted model input (Float32Array)
   dx: 0,
   dy: 0,
@@ -34,13 +36,15 @@ const demo = {
   dy: 0,
   ortVersion: ort.env.versions?.web ?? null,
   meta: null,
-  image: null, // {name, width, height, crop: [x0, y0, w, h]}
+  image: null, // {name, width, height, crop: [x0, y0, w, h], preprocessing}
   results: {}, // key -> {input, logits, probs, shown: [{id, name, prob}], dx, dy}
   api: null,
 };
 window.__demo = demo;
 
 const shapeKey = (m) => `${m.H}x${m.W}x${m.C}`;
+// "name v3" for a registered model, the file's path for a local .onnx file
+const source = (m) => (m.registered_model ? `${m.registered_model} v${m.version}` : m.model_uri);
 
 function fail(err) {
   console.error(err);
@@ -55,26 +59,23 @@ function cropRect(w, h, W, H) {
   // Largest centred rectangle with the model's aspect ratio W:H.
   let cw = w;
   let ch = h;
-  if (w * H > h * W) cw = Math.round((h * W) / H);
-  else ch = Math.round((w * H) / W);
+  if (w * H > h * W) cw = Math.max(1, Math.round((h * W) / H));
+  else ch = Math.max(1, Math.round((w * H) / W));
   return [Math.floor((w - cw) / 2), Math.floor((h - ch) / 2), cw, ch];
 }
 
 function readPixels(bitmap, W, H) {
-  // RGBA of the centre crop, composited over black (transparent = zero, like the zero fill of a shift).
-  const [x0, y0, cw, ch] = cropRect(bitmap.width, bitmap.height, W, H);
-  const scale = Math.min(1, MAX_SIDE / Math.max(cw, ch));
-  const w = Math.max(1, Math.round(cw * scale));
-  const h = Math.max(1, Math.round(ch * scale));
+  // RGBA of the centre crop at full resolution (copied 1:1, never scaled by the browser: the box filter
+  // below sees every pixel, as in Python), composited over black (transparent = zero, like a shift's fill).
+  const [x0, y0, w, h] = cropRect(bitmap.width, bitmap.height, W, H);
   const canvas = document.createElement('canvas');
   canvas.width = w;
   canvas.height = h;
   const ctx = canvas.getContext('2d', { willReadFrequently: true });
   ctx.fillStyle = '#000';
   ctx.fillRect(0, 0, w, h);
-  ctx.imageSmoothingQuality = 'high';
-  ctx.drawImage(bitmap, x0, y0, cw, ch, 0, 0, w, h);
-  return { data: ctx.getImageData(0, 0, w, h).data, w, h, crop: [x0, y0, cw, ch] };
+  ctx.drawImage(bitmap, x0, y0, w, h, 0, 0, w, h);
+  return { data: ctx.getImageData(0, 0, w, h).data, w, h, crop: [x0, y0, w, h] };
 }
 
 function boxTaps(n, m) {
@@ -94,8 +95,8 @@ function boxTaps(n, m) {
   return { taps, s };
 }
 
-function toInput(rgba, w, h, H, W, C, invert) {
-  // RGBA w x h -> Float32Array [H, W, C] of integers 0..255 (box filter, separable, in float64).
+function boxRGB(rgba, w, h, H, W) {
+  // RGBA w x h -> Float64Array [H, W, 3]: exact area averages (separable box filter), not rounded.
   const bx = boxTaps(w, W);
   const by = boxTaps(h, H);
   const tmp = new Float64Array(h * W * 3);
@@ -116,26 +117,40 @@ function toInput(rgba, w, h, H, W, C, invert) {
       tmp[o + 2] = b / bx.s;
     }
   }
-  const out = new Float32Array(H * W * C);
+  const avg = new Float64Array(H * W * 3);
   for (let y = 0; y < H; y++) {
     for (let x = 0; x < W; x++) {
-      const rgb = [0, 0, 0];
+      const o = (y * W + x) * 3;
       for (const [j, wgt] of by.taps[y]) {
         const k = (j * W + x) * 3;
-        rgb[0] += tmp[k] * wgt;
-        rgb[1] += tmp[k + 1] * wgt;
-        rgb[2] += tmp[k + 2] * wgt;
+        avg[o] += tmp[k] * wgt;
+        avg[o + 1] += tmp[k + 1] * wgt;
+        avg[o + 2] += tmp[k + 2] * wgt;
       }
-      const vals = rgb.map((v) => v / by.s);
-      const chans = C === 1 ? [0.299 * vals[0] + 0.587 * vals[1] + 0.114 * vals[2]] : vals.slice(0, C);
-      for (let c = 0; c < C; c++) {
-        let v = Math.min(255, Math.max(0, Math.round(chans[c])));
-        if (invert) v = 255 - v;
-        out[(y * W + x) * C + c] = v;
-      }
+      for (let c = 0; c < 3; c++) avg[o + c] /= by.s;
+    }
+  }
+  return avg;
+}
+
+function finish(avg, H, W, C, invert) {
+  // Float64Array [H, W, 3] of averages -> Float32Array [H, W, C] of integers 0..255 (gray when C = 1).
+  const out = new Float32Array(H * W * C);
+  for (let p = 0; p < H * W; p++) {
+    const [r, g, b] = [avg[p * 3], avg[p * 3 + 1], avg[p * 3 + 2]];
+    const chans = C === 1 ? [0.299 * r + 0.587 * g + 0.114 * b] : [r, g, b].slice(0, C);
+    for (let c = 0; c < C; c++) {
+      let v = Math.min(255, Math.max(0, Math.round(chans[c])));
+      if (invert) v = 255 - v;
+      out[p * C + c] = v;
     }
   }
   return out;
+}
+
+function toInput(rgba, w, h, H, W, C, invert) {
+  // RGBA w x h -> Float32Array [H, W, C] of integers 0..255: the whole preprocessing after the crop.
+  return finish(boxRGB(rgba, w, h, H, W), H, W, C, invert);
 }
 
 function shift(x, H, W, C, dx, dy) {
@@ -160,7 +175,12 @@ function softmax(logits) {
   return e.map((v) => v / s);
 }
 
-demo.api = { toInput: (rgba, w, h, H, W, C, invert) => Array.from(toInput(rgba, w, h, H, W, C, invert)), shift, softmax };
+demo.api = {
+  toInput: (rgba, w, h, H, W, C, invert) => Array.from(toInput(rgba, w, h, H, W, C, invert)),
+  cropRect,
+  shift,
+  softmax,
+};
 
 // ---------- models ----------
 
@@ -175,6 +195,9 @@ async function loadModels() {
   demo.meta = meta;
   for (const m of meta.models) {
     if (m.input_layout !== 'NHWC') throw new Error(`${m.file}: input layout ${m.input_layout}, expected NHWC`);
+    if (m.preprocessing_id !== PREPROCESSING_ID) {
+      throw new Error(`${m.file}: the model wants preprocessing ${m.preprocessing_id}; this page implements ${PREPROCESSING_ID}`);
+    }
     const bytes = await (await fetchOk(m.file)).arrayBuffer();
     const session = await ort.InferenceSession.create(bytes, { executionProviders: ['wasm'] });
     const [H, W, C] = m.input_shape;
@@ -232,31 +255,42 @@ function preprocess() {
   const invert = $('invert').checked;
   for (const m of state.models) {
     const key = shapeKey(m);
-    const px = state.pixels.get(`${m.W}x${m.H}`);
-    if (px && !state.base.has(key)) state.base.set(key, toInput(px.data, px.w, px.h, m.H, m.W, m.C, invert));
+    const avg = state.averages.get(`${m.H}x${m.W}`);
+    if (avg && !state.base.has(key)) state.base.set(key, finish(avg, m.H, m.W, m.C, invert));
   }
 }
 
 async function openFile(file) {
   let bitmap;
   try {
-    bitmap = await createImageBitmap(file, { colorSpaceConversion: 'none', premultiplyAlpha: 'none' });
+    bitmap = await createImageBitmap(file, {
+      imageOrientation: 'from-image', // EXIF orientation, as Pillow's ImageOps.exif_transpose
+      colorSpaceConversion: 'none', // pixel values as stored (Pillow ignores colour profiles too)
+      premultiplyAlpha: 'none',
+    });
   } catch (err) {
     fail(new Error(`${file.name}: not an image this browser can decode`));
     return;
   }
-  state.pixels.clear();
+  state.averages.clear();
+  const crops = new Map(); // "WxH" aspect -> full-resolution crop, read once per image
   let crop = null;
   for (const m of state.models) {
-    const k = `${m.W}x${m.H}`;
-    if (!state.pixels.has(k)) state.pixels.set(k, readPixels(bitmap, m.W, m.H));
-    crop = crop || state.pixels.get(k).crop;
+    const k = `${m.H}x${m.W}`;
+    if (state.averages.has(k)) continue;
+    const aspect = `${m.W}x${m.H}`;
+    if (!crops.has(aspect)) crops.set(aspect, readPixels(bitmap, m.W, m.H));
+    const px = crops.get(aspect);
+    state.averages.set(k, boxRGB(px.data, px.w, px.h, m.H, m.W));
+    crop = crop || px.crop;
   }
-  demo.image = { name: file.name, width: bitmap.width, height: bitmap.height, crop };
+  crops.clear(); // the full-resolution pixels are not kept: the averages are all an update needs
+  demo.image = { name: file.name, width: bitmap.width, height: bitmap.height, crop, preprocessing: PREPROCESSING_ID };
   const m0 = state.models[0];
   $('file-name').textContent =
     `${file.name}: ${bitmap.width}×${bitmap.height}, centre crop ${crop[2]}×${crop[3]} → ${m0.W}×${m0.H}` +
-    (m0.C === 1 ? ' grayscale' : '');
+    (m0.C === 1 ? ' grayscale' : '') +
+    ` (preprocessing ${PREPROCESSING_ID})`;
   bitmap.close();
   $('status').classList.remove('error');
   demo.error = null;
@@ -303,7 +337,7 @@ function modelColumns() {
     col.innerHTML = `<h2></h2><div class="meta"></div><ol></ol>`;
     col.querySelector('h2').textContent = m.title;
     col.querySelector('.meta').textContent =
-      `${m.registered_model} v${m.version} · ${m.dataset} · test accuracy ${acc} · run ${(m.train_run_id || m.run_id).slice(0, 8)}`;
+      `${source(m)} · ${m.dataset} · test accuracy ${acc} · run ${(m.train_run_id || m.run_id || '').slice(0, 8)}`;
     col.querySelector('ol').innerHTML = '<li class="muted">open an image</li>';
     box.appendChild(col);
   }
@@ -430,12 +464,12 @@ async function main() {
   }
   modelColumns();
   classList();
-  const names = state.models.map((m) => `${m.title} (${m.registered_model} v${m.version})`).join(' and ');
+  const names = state.models.map((m) => `${m.title} (${source(m)})`).join(' and ');
   $('status').textContent = `Ready: ${names}. Open an image, then shift it with the arrows (or arrow keys).`;
   $('about').textContent =
     `onnxruntime-web ${demo.ortVersion ?? '?'} (WebAssembly, vendored: works offline) · models from ${state.models
       .map((m) => m.model_uri)
-      .join(', ')} · input NHWC float32 0..255`;
+      .join(', ')} · input NHWC float32 0..255 · preprocessing ${PREPROCESSING_ID}`;
   demo.ready = true;
 }
 

@@ -283,7 +283,7 @@ def gradients(
     from pipelines.config import as_params
     from pipelines.device import pick_device, pick_precision
     from pipelines.prep import load
-    from pipelines.train import MODEL_CONFIG, build_model, checkpoint_dir
+    from pipelines.train import MODEL_CONFIG, build_model, checkpoint_dir, fit_tensors
     from pipelines.trainer import fit
     from tracking.metrics import MetricLogger
 
@@ -292,10 +292,9 @@ def gradients(
     precision = pick_precision(cfg.precision, device)
     model, model_config = build_model(cfg, ds)
     model = model.to(device, memory_format=torch.channels_last)
-    xs = [_tensor(a, device) for a in (ds.x_train, ds.y_train, ds.x_test, ds.y_test)]
-    xs[0], xs[2] = xs[0].float(), xs[2].float()
+    data = fit_tensors(ds, cfg.val_fraction, cfg.seed, device)  # the validation holdout is never trained on
     exp = _experiment(experiment, source_run_id) if source_run_id else experiment_id_for(experiment)
-    with tracked_run(f"gradients-{cfg.tag()}", exp) as rid:
+    with tracked_run(f"gradients-{cfg.tag()}", exp, system_metrics=cfg.system_metrics) as rid:
         log_params({**as_params(data_cfg, cfg), "device_used": str(device), "precision_used": precision})
         set_tags({"step": "gradients", "source_run_id": source_run_id or rid, "model": cfg.model, "dataset": ds.name})
         recorder = GradientRecorder(model)
@@ -303,13 +302,18 @@ def gradients(
         try:
             state = fit(
                 model,
-                *xs,
+                data["x_train"],
+                data["y_train"],
+                data["x_test"],
+                data["y_test"],
                 cfg.recipe(),
                 cfg.seed,
                 precision,
                 cfg.eval_every,
                 on_epoch=lambda epoch, metrics: logger.log({**metrics, **recorder.epoch_end()}, epoch),
                 progress=progress,
+                x_val=data.get("x_val"),
+                y_val=data.get("y_val"),
             )
         finally:
             recorder.remove()

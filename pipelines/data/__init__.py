@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -82,6 +82,39 @@ def class_subset(
     names = [all_names[c] for c in classes]
     messages = [str(w.message) for w in caught_warnings]
     return Dataset(name, x_train, y_train, x_test, y_test, list(classes), names, mean, std, str(folder), messages)
+
+
+def validation_indices(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(kept, held out) positions of a training set, ``fraction`` held out, deterministic in ``seed``.
+
+    Stratified by label (sklearn's ``train_test_split``, ``ceil(fraction * n)`` held out); a plain
+    random split with the same seed when some class is too small to stratify.
+    """
+    from sklearn.model_selection import train_test_split
+
+    if not 0 < fraction < 1:
+        raise ValueError(f"a validation fraction must be in (0, 1), got {fraction!r}")
+    positions = np.arange(len(y))
+    try:
+        kept, held = train_test_split(positions, test_size=fraction, stratify=y, random_state=seed)
+    except ValueError:  # a class with one image, or fewer held-out images than classes
+        kept, held = train_test_split(positions, test_size=fraction, random_state=seed)
+    return kept, held
+
+
+def split_validation(ds: Dataset, fraction: float, seed: int) -> tuple[Dataset, tuple[np.ndarray, np.ndarray] | None]:
+    """``ds`` with ``fraction`` of its training set held out, and the holdout ``(x_val, y_val)``.
+
+    The one place that splits off validation data (``train``'s ``val_fraction``, sweeps, study
+    trials). The test split is left as it is; ``fraction`` 0 returns ``(ds, None)``.
+    """
+    if not fraction:
+        return ds, None
+    kept, held = validation_indices(ds.y_train, fraction, seed)
+    if len(kept) == 0 or len(held) == 0:
+        raise DataError(f"val_fraction {fraction:g} of {len(ds.y_train)} training images leaves one split empty")
+    rest = replace(ds, x_train=ds.x_train[kept], y_train=ds.y_train[kept])
+    return rest, (ds.x_train[held], ds.y_train[held])
 
 
 # Each data-set module exposes NAME, NUM_LABELS, DEFAULT_CLASSES and load(data_dir, classes).
