@@ -1,6 +1,6 @@
-"""Benchmark: the seed's loss-landscape loop vs ``pipelines.analysis.landscape`` in one process.
+"""Benchmark: the reference notebook's loss-landscape loop vs ``pipelines.analysis.landscape`` in one process.
 
-(a) the seed's 2-D loop, faithfully: per point build a state_dict from numpy directions
+(a) the reference notebook's 2-D loop, faithfully: per point build a state_dict from numpy directions
     (``v + a1 (tensor(d1) − v)``, then ``t + a2 (tensor(d2) − t)``), ``load_state_dict``, and loop a
     ``DataLoader`` (batch 128, shuffle, one-hot labels, ``CrossEntropyLoss(reduction='none')``) over
     the test set; timed on ``--seed-points`` points spread over the grid and extrapolated per point;
@@ -44,7 +44,7 @@ from pipelines.data.cifar100 import write_synthetic  # noqa: E402
 
 
 def seed_style_grid_points(model: nn.Module, test_x: np.ndarray, test_y: np.ndarray, theta1, theta2, points, k):
-    """The seed notebook's 2-D loop (``Z.append(...)`` per point), over ``points`` = [(a1, a2), ...]."""
+    """The reference notebook's 2-D loop (``Z.append(...)`` per point), over ``points`` = [(a1, a2), ...]."""
     device = torch.device("cpu")
     tensor_x = torch.Tensor(test_x)
     tensor_y = F.one_hot(torch.Tensor(test_y).to(torch.int64), num_classes=k) / 1.0
@@ -58,7 +58,7 @@ def seed_style_grid_points(model: nn.Module, test_x: np.ndarray, test_y: np.ndar
         state_dict = model.state_dict()
         directions = iter(zip(theta1, theta2, strict=True))
         for k_, v in state_dict_backup.items():
-            if k_ not in param_names:  # our Normalize keeps mean/std as buffers; the seed's had none
+            if k_ not in param_names:  # our Normalize keeps mean/std as buffers; the reference notebook's had none
                 continue
             v_new, v_new2 = next(directions)
             tensor = v.clone().detach() + a1 * (torch.tensor(v_new, device=device) - v.clone().detach())
@@ -76,7 +76,7 @@ def seed_style_grid_points(model: nn.Module, test_x: np.ndarray, test_y: np.ndar
 
 
 def quick_train(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, seed: int = 0) -> float:
-    """A few epochs of the seeds' recipe (SGD 5e-3, momentum 0.9, batch 128); returns train accuracy."""
+    """A few epochs of the reference notebooks' recipe (SGD 5e-3, momentum 0.9, batch 128); returns train accuracy."""
     torch.manual_seed(seed)
     xt, yt = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y)
     opt = torch.optim.SGD(model.parameters(), lr=5e-3, momentum=0.9)
@@ -162,7 +162,7 @@ def main() -> None:
         torch.manual_seed(0)
         model = create_model(name, num_classes=data.num_classes, in_shape=data.in_shape, **opts)
         train_acc = quick_train(model, data.x_train, data.y_train, args.epochs) if args.epochs else float("nan")
-        d1, d2 = random_direction(model, 0), random_direction(model, 1011)  # the seed's seeds
+        d1, d2 = random_direction(model, 0), random_direction(model, 1011)  # the reference notebook's seeds
         theta1 = [d1[n].double().numpy() for n in d1]  # numpy arrays, as the seed holds them
         theta2 = [d2[n].double().numpy() for n in d2]
         x_test = data.x_test.astype(np.float32)
@@ -191,7 +191,7 @@ def main() -> None:
             seed_total += time.perf_counter() - t
         seed_per_point = seed_total / len(points)
         fast_per_point = fast_total / n_points
-        same = args.mode == "seed"  # the seed-style loop computes the seed's mode
+        same = args.mode == "seed"  # the seed-style loop computes the reference notebook's mode
         diff = float(np.abs(z.ravel()[idx] - z_seed).max()) if same else float("nan")
         rel = float((np.abs(z.ravel()[idx] - z_seed) / np.abs(z_seed)).max()) if same else float("nan")
         macs = macs_per_image(model, torch.as_tensor(x_test[:1]))

@@ -1,6 +1,6 @@
-"""Benchmark (issue 9): U-Net forward+backward, channels-first (NCHW) vs channels-last (NHWC) memory.
+"""Benchmark: U-Net forward+backward, channels-first (NCHW) vs channels-last (NHWC) memory.
 
-The seed's notes say channels-last is for the CPU and channels-first for the GPU; this measures
+The reference notebook's notes say channels-last is for the CPU and channels-first for the GPU; this measures
 what holds on the machine at hand. Each variant runs ``UNet.forward_nchw`` (the network after the
 input normalisation) on a normalised [B, C, H, W] batch, with the weights and the input in the
 same memory format, then ``backward`` of a cross-entropy loss, after ``--warmup`` untimed steps;

@@ -62,11 +62,11 @@ POOLINGS = ("stride", "max", "avg")
 DEFAULT_RUN_EPOCHS = 500  # the recipe's default: torch.compile must pay for itself within this
 
 
-# ---------------------------------------------------------------- the seed's loop
+# ---------------------------------------------------------------- the reference notebook's loop
 
 
 def _seed_stats(tmp: list) -> tuple:
-    """The seed's per-epoch statistics: mean and 25/75 percentiles of the per-batch (loss, accuracy)."""
+    """The reference notebook's per-epoch statistics: mean and 25/75 percentiles of the per-batch (loss, accuracy)."""
     rows = np.array(tmp) if not torch.is_tensor(tmp[0]) else torch.stack(tmp).cpu().numpy()
     return np.mean(rows, axis=0), np.percentile(rows, 25, axis=0), np.percentile(rows, 75, axis=0)
 
@@ -85,7 +85,7 @@ def seed_loop(
     one_hot: bool = True,
     item_per_step: bool = True,
 ) -> dict:
-    """The lab-2 seed's training loop, as the notebook runs it (minus the plots every 20 epochs).
+    """The lab-2 reference notebook's training loop, as the notebook runs it (minus the plots every 20 epochs).
 
     TensorDataset + DataLoader(shuffle=True) for train and test, one-hot float targets with
     CrossEntropyLoss, ``optim.SGD(lr=5e-3, momentum=0.9)`` with torch's defaults, per step
@@ -128,7 +128,7 @@ def seed_loop(
     criterion = nn.CrossEntropyLoss()
     optimizer = optim.SGD(model.parameters(), lr=lr, momentum=momentum)
     steps_per_epoch = -(-len(ds.x_train) // batch_size)
-    devnull = open(os.devnull, "w")  # noqa: SIM115  (the seed's tqdm bar, drawn where nobody looks)
+    devnull = open(os.devnull, "w")  # noqa: SIM115  (the reference notebook's tqdm bar, drawn where nobody looks)
     pbar = tqdm(total=epochs * steps_per_epoch, file=devnull)
     losses, losses_val, epoch_seconds = [], [], []
     for _epoch in range(epochs):
@@ -246,7 +246,7 @@ def compare(ds, data, args, precision: str, per_image: dict, peak: dict) -> dict
             f"{o['ours_pct_peak']:.0f} % of {o['peak_ref']} peak (seed {o['seed_gflops']:.1f} GFLOPS)",
             flush=True,
         )
-        # Issue 11's targets: >= 1.5x on AVX2-only CPUs (fp32), >= 3x where bf16 is native (auto); >= 50 % of peak.
+        # The targets: >= 1.5x on AVX2-only CPUs (fp32), >= 3x where bf16 is native (auto); >= 50 % of peak.
         o["target_ratio"] = 3.0 if precision == "bf16" and cpu_has_native_bf16() else 1.5
         print(
             f"  targets: speed-up >= {o['target_ratio']}x {'met' if o['ratio'] >= o['target_ratio'] else 'MISSED'}, "
@@ -270,7 +270,7 @@ def levers(ds, data, args, precision: str) -> dict:
             "seed",
             {"dataloader": False, "one_hot": False, "item_per_step": False, "our_layers": True},
         ),
-        ("ours, with the seed's layers", "fit", {"seed_layers": True}),
+        ("ours, with the reference notebook's layers", "fit", {"seed_layers": True}),
         ("ours, channels_last off", "fit", {"channels_last": False}),
         (base_name, "fit", {}),
     ]

@@ -99,11 +99,11 @@ class SeedNormalize(nn.Module):
 
 
 def seed_model(pooling: str, seed: int, num_classes: int = 3, device="cpu") -> nn.Module:
-    """The seed notebook's model code (its ``Normalize``, ReLU -> pool, ``nn.Flatten``) with our initial weights.
+    """The reference notebook's model code (its ``Normalize``, ReLU -> pool, ``nn.Flatten``) with our initial weights.
 
     Our registry's ``pooling_cnn`` computes the same function with faster layers and order
     (``models.layers``; max pool before its ReLU, flatten + linear as one NHWC-order module); the
-    seed loop runs the seed's own layers, so those differences count on our side of the ratio.
+    seed loop runs the reference notebook's own layers, so those differences count on our side of the ratio.
     Weights: ours for ``seed``, tensor for tensor in order.
     """
     ours = make_model(pooling, seed, num_classes, channels_last=False)
@@ -198,7 +198,7 @@ def run_fit(
 ) -> dict:
     """Our ``fit`` as ``pipelines.train`` calls it (model channels_last, data resident), with one lever changed."""
     x, y, xt, yt = data
-    if seed_layers:  # our loop on the seed notebook's model code: what models.layers is worth
+    if seed_layers:  # our loop on the reference notebook's model code: what models.layers is worth
         model = seed_model(pooling, seed, int(y.max()) + 1, x.device)
         model = model.to(memory_format=torch.channels_last) if channels_last else model
     else:
@@ -211,13 +211,13 @@ def run_fit(
         t0 = time.perf_counter()
         state = trainer.fit(
             net,
-            x,
-            y,
-            xt,
-            yt,
-            recipe(epochs, batch_size),
-            seed,
-            precision,
+            x_train=x,
+            y_train=y,
+            x_test=xt,
+            y_test=yt,
+            recipe=recipe(epochs, batch_size),
+            seed=seed,
+            precision=precision,
             eval_every=eval_every,
             checkpoint_every=10**9,
             checkpoint_path=None,

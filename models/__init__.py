@@ -18,10 +18,10 @@ import torch.nn as nn
 class ModelInfo:
     name: str
     builder: Callable[..., nn.Module]
-    dataset: str  # the data set the seed trained it on (for `models` listing and defaults)
+    dataset: str  # the data set the reference notebooks trained it on (for `models` listing and defaults)
     description: str
     options: tuple[str, ...]  # extra keyword options the builder accepts (e.g. "pooling")
-    recipe: dict  # the seed's training recipe: defaults for the train step (see RECIPE_KEYS)
+    recipe: dict  # the reference notebooks' training recipe: defaults for the train step (see RECIPE_KEYS)
 
 
 # Training-recipe keys a model may set; anything not set comes from DEFAULT_RECIPE.
@@ -41,7 +41,7 @@ _REGISTRY: dict[str, ModelInfo] = {}
 
 
 def register_model(dataset: str, description: str = "", recipe: dict | None = None):
-    """Register ``fn`` under its function name, with the seed's recipe for it."""
+    """Register ``fn`` under its function name, with the reference notebooks' recipe for it."""
     unknown = set(recipe or {}) - set(RECIPE_KEYS)
     if unknown:
         raise ValueError(f"unknown recipe keys {sorted(unknown)}")

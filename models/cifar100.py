@@ -1,4 +1,4 @@
-"""The CIFAR-100 subset CNNs of the lab-2 seeds (SPEC S1)."""
+"""The CIFAR-100 subset CNNs of the lab-2 reference notebooks (SPEC S1)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def _side_after(in_shape: Sequence[int], factor: int, model: str) -> tuple[int, 
 
 @register_model(dataset="cifar100")
 def cnn_seed(num_classes: int = 3, in_shape=(32, 32, 3), mean=(0.5074, 0.4867, 0.4411), std=(0.2011, 0.1987, 0.2025)):
-    """Seed CNN: conv 5x5/4 -> conv 3x3 -> avgpool 4 -> linear (21,699 params for 3 classes)."""
+    """First notebook CNN: conv 5x5/4 -> conv 3x3 -> avgpool 4 -> linear (21,699 params for 3 classes)."""
     h, w = _side_after(in_shape, 16, "cnn_seed")  # stride 4, then pool 4
     return nn.Sequential(
         Normalize(mean, std),
@@ -55,7 +55,7 @@ def pooling_cnn(
         nn.Conv2d(32, 64, 3, padding=1),
     ]
     if pooling == "max":
-        # max(relu(x)) == relu(max(x)), gradients included: the seed's ReLU -> MaxPool, with the
+        # max(relu(x)) == relu(max(x)), gradients included: the reference notebook's ReLU -> MaxPool, with the
         # ReLU (forward and backward) over 16x fewer values (2 MB instead of 32 MB per batch)
         layers += [nn.MaxPool2d(4), nn.ReLU()]
     elif pooling == "avg":

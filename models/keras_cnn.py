@@ -37,13 +37,13 @@ class MaxNormSequential(nn.Sequential):
     recipe={"optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "batch_size": 32, "epochs": 25, "lr_schedule": "linear"},
 )
 def keras_cnn(num_classes: int = 10, in_shape=(32, 32, 3), mean=CIFAR10_MEAN, std=CIFAR10_STD):
-    """Keras seed CNN: conv 32/64/128 'same', 2 max-pools, dense 512, dropout, max-norm 3 (4,293,194 params).
+    """Keras notebook CNN: conv 32/64/128 'same', 2 max-pools, dense 512, dropout, max-norm 3 (4,293,194 params).
 
     Conv 32 3x3 -> Dropout 0.2 -> Conv 64 3x3 (max-norm 3) -> MaxPool 2 -> Conv 128 3x3 -> MaxPool 2 -> Dropout 0.2
     -> Flatten -> Dense 512 (max-norm 3) -> Dropout 0.5 -> Dense k; ReLU after every conv and the 512 dense.
-    Count: 896 + 18,496 + 73,856 + 8192*512+512 = 4,194,816 + 512*10+10 = 5,130 -> 4,293,194 (as the seed's summary).
+    Count: 896 + 18,496 + 73,856 + 8192*512+512 = 4,194,816 + 512*10+10 = 5,130 -> 4,293,194 (the notebook's summary).
     Keras initialisation (Glorot-uniform kernels, zero biases). The flatten is channels-first (PyTorch), Keras's is
-    channels-last: same count, only the order of the dense weights differs. The seed scaled pixels by 1/255
+    channels-last: same count, only the order of the dense weights differs. The notebook scaled pixels by 1/255
     only; pass mean=(0, 0, 0), std=(1, 1, 1) to reproduce that exactly.
     """
     h, w = in_shape[0] // 4, in_shape[1] // 4

@@ -1,4 +1,4 @@
-"""Layers shared by model families: the same functions as the seeds' layers, laid out for speed."""
+"""Layers shared by model families: the same functions as the reference notebooks' layers, laid out for speed."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import torch.nn.functional as F
 class Normalize(nn.Module):
     """Raw NHWC pixels (0..255) -> normalised NCHW, inside the model so ONNX takes raw pixels.
 
-    The seed's ``(x / 255 - mean) / std`` is one multiply-add here, over rows of W*C values: a
-    per-channel constant broadcast over an innermost axis of 3 does not vectorise (measured 1.0 ms
-    vs 0.07 ms for a 128-image CIFAR batch on an AVX2 EPYC; results differ by float rounding only).
+    The reference notebooks' ``(x / 255 - mean) / std`` is one multiply-add here, over rows of W*C
+    values: a per-channel constant broadcast over an innermost axis of 3 does not vectorise
+    (bench/README.md, "Notes moved from code"); results differ by float rounding only.
     The permute of a contiguous NHWC tensor is already channels_last in memory, so convs that
     follow run in channels_last without a copy.
     """
@@ -55,8 +55,8 @@ class Flatten(nn.Flatten):
     """``nn.Flatten`` (same values, C,H,W order) whose gradient keeps a channels_last input's layout.
 
     Plain flatten hands a channels_last activation an NCHW gradient; ReLU/pool backward over two
-    layouts takes a slow strided path (ReLU backward over 128x64x8x8: 1.7 ms vs 0.1 ms, pool
-    backward through extra copies). Only in training: eval and ONNX export see ``nn.Flatten``.
+    layouts takes a slow strided path, and pool backward goes through extra copies (bench/README.md).
+    Only in training: eval and ONNX export see ``nn.Flatten``.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -68,12 +68,12 @@ class Flatten(nn.Flatten):
 class FlattenLinear(nn.Linear):
     """``nn.Flatten`` then ``nn.Linear`` over a [C, H, W] map, in one module: same weights, same function.
 
-    The weight's columns are in the seed's flattened C,H,W order. In training on a channels_last map,
+    The weight's columns are in the reference notebooks' flattened C,H,W order. In training on a channels_last map,
     C,H,W flattening copies the activations forward and their gradient backward (an 8x8x64 map at
     batch 128: 2 MB each way); here the product runs in the NHWC order the memory already has, with
     the weight's columns permuted to match (a [out, C*H*W] copy, 12K values for 3 classes), so the
-    gradient comes back channels_last as well. Measured on the stride pooling CNN, 2-core AVX2 EPYC:
-    ~1.6 ms of a ~16 ms training step. Eval and ONNX export see exactly flatten + linear.
+    gradient comes back channels_last as well (bench/README.md). Eval and ONNX export see exactly
+    flatten + linear.
     """
 
     def __init__(self, channels: int, height: int, width: int, out_features: int, bias: bool = True):

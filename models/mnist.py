@@ -58,10 +58,10 @@ def resnet_like(num_classes: int = 10, in_shape=(28, 28, 1), mean=MNIST_MEAN, st
 
     Layers: conv3x3 1->32 (bias, no BN) -> ReLU -> BasicBlock(32->64, stride 2) -> BasicBlock(64->128, stride 2)
     -> AdaptiveAvgPool(1) -> Linear(128->k). A block is conv3x3-BN-ReLU-conv3x3-BN plus a projection shortcut
-    (1x1 conv + BN), then ReLU; all convs carry a bias (that is what the seed's 290,058 implies).
+    (1x1 conv + BN), then ReLU; all convs carry a bias (that is what the notebook's 290,058 implies).
     Count: stem 320; block 32->64: 18,496 + 128 + 36,928 + 128 + 2,112 + 128 = 57,920;
     block 64->128: 73,856 + 256 + 147,584 + 256 + 8,320 + 256 = 230,528; fc 1,290. Total 290,058.
-    The seed does not fix the strides (they do not change the count); stride 2 keeps the 128-channel maps at 7x7.
+    The notebook does not fix the strides (they do not change the count); stride 2 keeps the 128-channel maps at 7x7.
     """
     return nn.Sequential(
         Normalize(mean, std),

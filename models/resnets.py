@@ -17,7 +17,7 @@ import torch.nn as nn
 from models import register_model
 from models.layers import Flatten, Normalize
 
-# The S2 seed's recipe (cnn-vs-fc-architecture-studies.md): Adam 1e-3, batch 128, 10 epochs.
+# The S2 reference notebook's recipe (cnn-vs-fc-architecture-studies.md): Adam 1e-3, batch 128, 10 epochs.
 S2_RECIPE = {"optimizer": "adam", "lr": 1e-3, "batch_size": 128, "epochs": 10, "momentum": 0.0}
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)

@@ -1,4 +1,4 @@
-"""Segmentation (SPEC S3, seed ``segmentation-notes.md``): a small U-Net, ``unet_small``.
+"""Segmentation (SPEC S3, reference notebook ``segmentation-notes.md``): a small U-Net, ``unet_small``.
 
 Encoder: ``depth`` blocks of (conv 3x3 - ReLU - conv 3x3 - ReLU) each followed by a 2x2
 max-pool, widths ``base * 2**i``; a bottleneck block at ``base * 2**depth``.
@@ -10,10 +10,8 @@ features down to the skip's width, ReLU, conv 3x3, ReLU. Head: 1x1 conv to ``num
 Init: He (Kaiming normal, fan-in, ReLU gain; zero biases), as Ronneberger et al. initialise the
 original U-Net. There is no BatchNorm, so with PyTorch's default conv init (std ~ 1/sqrt(3 fan_in))
 each conv-ReLU shrinks the signal and the deep path through the bottleneck starts near silent:
-the multiclass net then separates digits from background through the skips but takes 8-18
-epochs to tell which digit. Test foreground mIoU after 25 epochs (cross-entropy + Dice, batch 8):
-0.70-0.76 with the default init (seeds 0-2), 0.79-0.80 with He init (seeds 0, 2; past the
-plateau by epoch 5-10).
+the multiclass net then separates digits from background through the skips but takes many
+epochs to tell which digit (measured: bench/README.md, "Notes moved from code").
 
 Output: logits [B, num_classes, H, W] for raw NHWC 0..255 input [B, H, W, C]. Binary masks use
 ``num_classes=1`` (sigmoid, threshold 0.5 = logit 0); multiclass uses N channels (softmax,

@@ -19,8 +19,6 @@ import tempfile
 import threading
 from pathlib import Path
 
-import click
-
 from pipelines import modelcard
 from pipelines.config import ConfigError
 
@@ -163,35 +161,3 @@ def serve_in_thread(folder: str | Path, port: int = 0) -> tuple[http.server.Thre
     server = make_server(folder, port)
     threading.Thread(target=server.serve_forever, daemon=True, name="demo-http").start()
     return server, url_of(server)
-
-
-def demo_command(wrap=lambda fn: fn) -> click.Command:
-    """The click command; ``wrap`` is the CLI's ``entry_point`` (tracking setup + one-line errors)."""
-
-    @click.command("demo")
-    @click.option("--cnn-uri", default=DEFAULT_CNN, show_default=True, help="CNN (models:/name@alias or .onnx file).")
-    @click.option("--fc-uri", default=DEFAULT_FC, show_default=True, help="FC model trained on the same classes.")
-    @click.option("--out", default=DEFAULT_OUT, show_default=True, help="Folder to write the page and models into.")
-    @click.option("--port", default="8000", show_default=True, help="Port on 127.0.0.1 (0 = any free port).")
-    @click.option("--serve/--no-serve", default=True, show_default=True, help="Serve the folder, or write it and exit.")
-    @wrap
-    def demo(cnn_uri, fc_uri, out, port, serve):
-        """Browser demo: both models side by side in onnxruntime-web; open an image, shift it, compare."""
-        from pipelines.config import parse_int
-        from tracking.runs import RunKilled
-
-        port = parse_int("port", port, minimum=0)
-        folder = build(cnn_uri, fc_uri, out)
-        click.echo(f"demo written to {folder}")
-        if not serve:
-            return
-        server = make_server(folder, port)
-        click.echo(f"serving {folder} at {url_of(server)}  (127.0.0.1 only; Ctrl-C to stop)")
-        try:
-            server.serve_forever()
-        except (KeyboardInterrupt, RunKilled):
-            click.echo("stopped")
-        finally:
-            server.server_close()
-
-    return demo

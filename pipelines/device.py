@@ -11,9 +11,8 @@ from pathlib import Path
 import torch
 
 # glibc hands large freed blocks back to the OS (mmap above M_MMAP_THRESHOLD, heap trimming above
-# M_TRIM_THRESHOLD), so the activations of every training step page-fault afresh. Keeping freed
-# memory in the process was measured on a 2-core EPYC VM: ReLU over a 32 MiB tensor 74 -> 13 ms,
-# the seed's normalisation of a 128-image CIFAR batch 18 -> 5 ms (bench/README.md for training).
+# M_TRIM_THRESHOLD), so the activations of every training step page-fault afresh; keeping freed
+# memory in the process avoids that (measured: bench/README.md, "Notes moved from code").
 _MALLOPT = {-3: 1 << 30, -1: 1 << 30, -2: 64 << 20}  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, M_TOP_PAD (bytes)
 ALLOCATOR_ENV = "PIPELINE_CPU_ALLOCATOR"  # "default" leaves glibc as it is
 
@@ -29,7 +28,7 @@ def pick_device(requested: str = "auto") -> torch.device:
 
 @lru_cache(maxsize=1)
 def cpu_has_native_bf16() -> bool:
-    """AMX-BF16 or AVX512-BF16 in the CPU flags. Without them bf16 is emulated (9x slower measured)."""
+    """AMX-BF16 or AVX512-BF16 in the CPU flags. Without them bf16 is emulated, and slower than fp32."""
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import json
-import statistics
 import tempfile
-import time
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -16,57 +15,13 @@ from sklearn.metrics import classification_report, confusion_matrix
 from pipelines import plots
 from pipelines.config import parse_val_fraction
 from pipelines.data import Dataset, split_validation
-from pipelines.prep import load
-from pipelines.train import configs_from_run, load_trained
+from pipelines.trained import configs_from_run, inference_latency, load_data, load_trained, predict
 from tracking import experiment_id_for, tracked_run
 from tracking.artifacts import download, log_data_inputs, log_figure, log_json, log_table, log_text
-from tracking.runs import log_metrics, log_params, run_data, run_experiment_id, set_tags
+from tracking.queries import run_data, run_experiment_id
+from tracking.runs import log_metrics, log_params, set_tags
 
 COPIED_FROM_TRAIN = ("train_seconds", "seconds_per_epoch", "num_params")  # so one run holds every number
-
-
-@torch.inference_mode()
-def predict(model: nn.Module, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
-    """Logits for uint8 NHWC images, on the model's device, in eval mode."""
-    model.eval()
-    device = next(model.parameters()).device
-    out = [
-        model(torch.from_numpy(x[i : i + batch_size]).to(device).float()).float().cpu()
-        for i in range(0, len(x), batch_size)
-    ]
-    return torch.cat(out).numpy()
-
-
-@torch.inference_mode()
-def inference_latency(
-    model: nn.Module, x: np.ndarray, batch_size: int = 128, warmup: int = 3, repeats: int = 10
-) -> dict[str, float]:
-    """Median wall time of a forward pass (after warm-up), per batch and per image, plus batch-1 latency."""
-    model.eval()
-    device = next(model.parameters()).device
-    batch = torch.from_numpy(x[:batch_size]).to(device).float()
-    single = batch[:1]
-
-    def median_ms(inp: torch.Tensor) -> float:
-        times = []
-        for i in range(warmup + repeats):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            t0 = time.perf_counter()
-            model(inp)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            if i >= warmup:
-                times.append((time.perf_counter() - t0) * 1000)
-        return statistics.median(times)
-
-    per_batch = median_ms(batch)
-    return {
-        "inference_ms_per_batch": per_batch,
-        "inference_ms_per_image": per_batch / len(batch),
-        "inference_ms_single": median_ms(single),
-        "inference_batch_size": float(len(batch)),
-    }
 
 
 def report(y_true: np.ndarray, logits: np.ndarray, labels: list[str]) -> tuple[dict, str, pd.DataFrame]:
@@ -79,6 +34,12 @@ def report(y_true: np.ndarray, logits: np.ndarray, labels: list[str]) -> tuple[d
     return as_dict, text, pd.DataFrame(rows)
 
 
+@dataclass
+class EvaluateResult:
+    run_id: str
+    metrics: dict[str, float]  # train_/test_ accuracy, macro F1, loss, per-class F1, overfit gap, latency
+
+
 def run(
     train_run_id: str,
     dataset: Dataset | None = None,
@@ -86,11 +47,11 @@ def run(
     history: list[dict] | None = None,
     experiment: str | None = None,
     nested: bool = False,
-) -> dict[str, float]:
+) -> EvaluateResult:
     """Evaluate the model of ``train_run_id`` (passed in-process by ``main``, else loaded from the run)."""
     if model is None:
         model, _ = load_trained(train_run_id)
-    ds = dataset or load(configs_from_run(train_run_id)[0])
+    ds = dataset or load_data(configs_from_run(train_run_id)[0])
     train_params, train_metrics, train_tags = run_data(train_run_id)
     # train_* numbers cover what the model trained on: a validation holdout is not part of it
     fraction = parse_val_fraction(train_params.get("val_fraction"))
@@ -101,7 +62,7 @@ def run(
     name = train_tags.get("mlflow.runName", train_run_id).replace("train-", "")
     with tracked_run(
         f"evaluate-{name}", experiment_id_for(experiment) or run_experiment_id(train_run_id), nested=nested
-    ):
+    ) as run_id:
         log_params({"train_run_id": train_run_id, "dataset": ds.name, "classes": ",".join(map(str, ds.class_ids))})
         set_tags({"step": "evaluate", "train_run_id": train_run_id})
         test_set = log_data_inputs(ds)
@@ -132,4 +93,4 @@ def run(
         log_metrics({k: v for k, v in metrics.items() if not k.startswith("test_")})
         log_metrics({k: v for k, v in metrics.items() if k.startswith("test_")}, dataset=test_set)
         log_figure(plots.learning_curves(history, name), "figures/learning_curves.png")
-    return metrics
+    return EvaluateResult(run_id, metrics)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -15,13 +16,12 @@ import torch.nn as nn
 from pipelines import modelcard, registration
 from pipelines.config import ExportConfig
 from pipelines.data import Dataset
-from pipelines.evaluate import predict
-from pipelines.prep import load
-from pipelines.train import configs_from_run, load_trained
+from pipelines.trained import configs_from_run, load_data, load_trained, predict
 from tracking import experiment_id_for, tracked_run
 from tracking.artifacts import log_data_inputs
+from tracking.queries import run_data, run_experiment_id
 from tracking.registry import log_onnx
-from tracking.runs import log_metrics, log_params, parent_run_id, run_data, run_experiment_id, set_tags
+from tracking.runs import log_metrics, log_params, parent_run_id, set_tags
 
 INPUT, OUTPUT = "input", "output"
 
@@ -69,6 +69,16 @@ def parity(proto: onnx.ModelProto, model: nn.Module, x: np.ndarray) -> float:
     return float(np.abs(got - predict(model.cpu(), x)).max())
 
 
+@dataclass
+class ExportResult:
+    onnx_max_abs_diff: float
+    onnx_export_seconds: float
+    model_id: str  # the MLflow LoggedModel
+    registered_model: str | None = None  # None: logged without registering
+    version: str | None = None
+    champion: bool | None = None
+
+
 def run(
     train_run_id: str,
     cfg: ExportConfig,
@@ -79,7 +89,7 @@ def run(
     nested: bool = False,
     test_metrics: dict[str, float] | None = None,
     promote: bool = True,
-) -> dict:
+) -> ExportResult:
     """Export the model of ``train_run_id`` as a self-describing ONNX file; register it by the champion rule.
 
     ``test_metrics`` (evaluate's ``test_*`` numbers) are linked to the logged model with the test
@@ -88,7 +98,7 @@ def run(
     if model is None:
         model, _ = load_trained(train_run_id)  # a run without a trained model: one line, here
     data_cfg, train_cfg = configs_from_run(train_run_id)
-    ds = dataset or load(data_cfg)
+    ds = dataset or load_data(data_cfg)
     registered = registration.registered_name(cfg.registered_model_name, ds, train_cfg.model)
     registration.check(registered, ds)  # before the export's own work: a mismatch costs nothing
     _, _, train_tags = run_data(train_run_id)
@@ -132,11 +142,11 @@ def run(
             model_name=registered or f"{ds.name}-{train_cfg.model}",
             source_run_id=parent_run_id(),  # `main` (or a study) lists the model it produced
         )
-        result = {"onnx_max_abs_diff": diff, "onnx_export_seconds": seconds, "model_id": logged.model_id}
+        result = ExportResult(onnx_max_abs_diff=diff, onnx_export_seconds=seconds, model_id=logged.model_id)
         set_tags({"model_id": logged.model_id})
         reg = logged.registered
         if reg:
             set_tags({"registered_model": reg.name, "registered_version": reg.version, "champion": reg.is_champion})
             set_tags({"champion_reason": reg.reason})
-            result.update(registered_model=reg.name, version=reg.version, champion=reg.is_champion)
+            result.registered_model, result.version, result.champion = reg.name, reg.version, reg.is_champion
     return result

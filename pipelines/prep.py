@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from pipelines.config import DataConfig, as_params
-from pipelines.data import Dataset, load_dataset
+from pipelines.data import Dataset
+from pipelines.trained import load_data
 from tracking import experiment_id_for, tracked_run
 from tracking.artifacts import log_data_inputs, log_file, log_json
 from tracking.runs import log_metrics, log_params, set_tags
@@ -16,8 +18,10 @@ from tracking.runs import log_metrics, log_params, set_tags
 DATASET_ARTIFACT = "data/dataset.npz"
 
 
-def load(cfg: DataConfig) -> Dataset:
-    return load_dataset(cfg.dataset, cfg.data_dir, cfg.classes or None)
+@dataclass
+class PrepResult:
+    run_id: str
+    dataset: Dataset
 
 
 def run(
@@ -26,9 +30,9 @@ def run(
     experiment: str | None = None,
     nested: bool = False,
     save_arrays: bool = True,
-) -> tuple[Dataset, str]:
-    """Log the data set's identity (fingerprint, counts, source) as a run; return (dataset, run id)."""
-    ds = dataset or load(cfg)  # loaded before the run starts: bad data never creates a run
+) -> PrepResult:
+    """Log the data set's identity (fingerprint, counts, source) as a run."""
+    ds = dataset or load_data(cfg)  # loaded before the run starts: bad data never creates a run
     fingerprint = ds.fingerprint()
     with tracked_run(f"prep-{ds.name}", experiment_id_for(experiment), nested=nested) as run_id:
         log_params(
@@ -66,4 +70,4 @@ def run(
                 path = Path(tmp) / "dataset.npz"
                 np.savez_compressed(path, x_train=ds.x_train, y_train=ds.y_train, x_test=ds.x_test, y_test=ds.y_test)
                 log_file(path, "data")
-    return ds, run_id
+    return PrepResult(run_id, ds)

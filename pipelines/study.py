@@ -1,4 +1,4 @@
-"""Entry point ``study``: the seeds' comparisons, one command each.
+"""Entry point ``study``: the reference notebooks' comparisons, one command each.
 
 A study is one parent run (experiment ``study-<name>``) with one child run per (configuration,
 seed). Each child trains and evaluates one configuration and carries the same metric names as
@@ -15,7 +15,7 @@ that already FINISHED with the same hash and re-opens the parent of the same stu
 crashed study continues where it stopped.
 
 Children run serially in this process (``executor="local"``) or as Ray Tune trials
-(``executor="ray"``, see ``pipelines.sweep``).
+(``executor="ray"``); both through ``pipelines.trials``.
 """
 
 from __future__ import annotations
@@ -26,15 +26,14 @@ import os
 import re
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import click
-import torch
 
 from models import list_models, model_info
-from pipelines import evaluate, export_onnx, prep, registration
-from pipelines.compare import (
+from pipelines import registration
+from pipelines.comparison import (
     CHAMPION_RULE,
     TRIALS_ARTIFACT,
     display_frame,
@@ -48,17 +47,26 @@ from pipelines.config import (
     ConfigError,
     DataConfig,
     ExportConfig,
-    TrainConfig,
     as_params,
     data_config,
     parse_choice,
     parse_int,
-    train_config,
 )
 from pipelines.data import Dataset, default_classes
-from pipelines.main import SUMMARY
+from pipelines.trained import load_data
+from pipelines.trials import (
+    EXECUTORS,
+    VARIANT_KEYS,
+    TrialResult,
+    TrialSpec,
+    make_train_cfg,
+    params_hash,
+    run_trial,
+)
 from tracking import experiment_id_for, tracked_run
 from tracking.artifacts import log_json
+from tracking.offline import replay_pending
+from tracking.queries import find_experiment_id, find_runs, get_run_record, run_experiment_id
 from tracking.registry import (
     CHALLENGER,
     CHAMPION,
@@ -67,21 +75,9 @@ from tracking.registry import (
     set_alias,
     set_model_version_tags,
 )
-from tracking.runs import (
-    RunRecord,
-    active_run_id,
-    find_experiment_id,
-    find_runs,
-    get_run_record,
-    log_metrics,
-    log_params,
-    metric_history,
-    run_experiment_id,
-    set_tags,
-)
+from tracking.runs import log_metrics, log_params, set_tags
 
 QUICK_EPOCHS = 2  # --scale quick: a smoke run of the whole study in seconds to minutes
-EXECUTORS = ("local", "ray")
 SCALES = ("full", "quick")
 
 
@@ -96,19 +92,19 @@ class Variant:
 
 @dataclass(frozen=True)
 class Study:
-    dataset: str  # the seed's data set (any study runs on another with --dataset, e.g. digits)
+    dataset: str  # the reference notebook's data set (any study runs on another with --dataset, e.g. digits)
     variants: tuple[Variant, ...]
-    epochs: int | None  # the seed's epochs; None = each model's recipe
-    seed_file: str  # which seed notebook the study comes from (shared/seeds/)
-    question: str  # what the seed compares, written into the parent's description
-    reference: str = ""  # the seed's own numbers (Colab T4), for the description
+    epochs: int | None  # the notebook's epochs; None = each model's recipe
+    seed_file: str  # which reference notebook the study comes from (shared/seeds/)
+    question: str  # what the notebook compares, written into the parent's description
+    reference: str = ""  # the notebook's own numbers (Colab T4), for the description
 
 
 def _v(label: str, model: str, **options: str) -> Variant:
     return Variant(label, model, dict(options))
 
 
-# The seeds' comparisons. Recipes (optimizer, lr, batch, epochs) are each model's seed recipe
+# The reference notebooks' comparisons. Recipes (optimizer, lr, batch, epochs) are each model's notebook recipe
 # (models/__init__.py); only what a study varies is written here.
 STUDIES: dict[str, Study] = {
     "pooling": Study(
@@ -122,7 +118,7 @@ STUDIES: dict[str, Study] = {
         "lab2-cifar100-pooling-onnx-landscape.md, lab2.2-cifar100-pooling-report.md",
         "Downsampling x4 by conv stride vs max pooling vs average pooling (33,219 params each): "
         "quality, train time and overfitting.",
-        "seed (T4, 500 epochs, classes 0,33,41): test acc stride ~90%, max 92.67%, avg 92.67%; "
+        "notebook (T4, 500 epochs, classes 0,33,41): test acc stride ~90%, max 92.67%, avg 92.67%; "
         "train time 38 s / 98 s / 100 s; train acc reaches 100% (val loss rises after ~100-150 epochs).",
     ),
     "mnist_arch": Study(
@@ -131,7 +127,7 @@ STUDIES: dict[str, Study] = {
         10,
         "cnn-vs-fc-architecture-studies.md (1.1)",
         "Fully connected vs simple CNN vs CNN with residual blocks on MNIST (Adam 1e-3, batch 128).",
-        "seed: test acc .9806 / .9911 / .9905; train 82 / 281 / 591 s; 567,434 / 241,546 / 290,058 params.",
+        "notebook: test acc .9806 / .9911 / .9905; train 82 / 281 / 591 s; 567,434 / 241,546 / 290,058 params.",
     ),
     "cifar10_arch": Study(
         "cifar10",
@@ -144,7 +140,7 @@ STUDIES: dict[str, Study] = {
         "cnn-vs-fc-architecture-studies.md (1.2)",
         "Deep FC vs ResNet vs regularised ResNet (weight decay, dropout, augmentation) on CIFAR-10: "
         "accuracy and overfitting.",
-        "seed: test acc .478 / .827 / .793.",
+        "notebook: test acc .478 / .827 / .793.",
     ),
     "kernel": Study(
         "cifar10",
@@ -157,7 +153,7 @@ STUDIES: dict[str, Study] = {
         10,
         "cnn-vs-fc-architecture-studies.md (2.1)",
         "Kernel size 3x3 vs 5x5 vs 7x7 vs 1x1+3x3 at ~20k parameters each.",
-        "seed: test acc .5329 / .5503 / .5445 / .4378; train ~585 s each.",
+        "notebook: test acc .5329 / .5503 / .5445 / .4378; train ~585 s each.",
     ),
     "depth": Study(
         "cifar10",
@@ -170,7 +166,7 @@ STUDIES: dict[str, Study] = {
         10,
         "cnn-vs-fc-architecture-studies.md (2.2)",
         "CNN depth 2 vs 4 vs 6 conv layers vs residual connections: accuracy, time, gradient flow.",
-        "seed: test acc .4608 / .6093 / .6872 / .7883; train 806 / 3334 / 6333 / 11413 s.",
+        "notebook: test acc .4608 / .6093 / .6872 / .7883; train 806 / 3334 / 6333 / 11413 s.",
     ),
     "custom": Study(
         "cifar10",
@@ -178,7 +174,7 @@ STUDIES: dict[str, Study] = {
         5,
         "cnn-vs-fc-architecture-studies.md (3.1)",
         "Custom layers (WS-conv, learnable Swish, CBAM attention, mixed pooling) vs their standard twins.",
-        "seed (5 epochs): custom test acc .8876; train 201 s custom vs 131 s standard.",
+        "notebook (5 epochs): custom test acc .8876; train 201 s custom vs 131 s standard.",
     ),
     "residual": Study(
         "cifar10",
@@ -192,50 +188,12 @@ STUDIES: dict[str, Study] = {
         (_v("lr_decay", "keras_cnn"), _v("no_decay", "keras_cnn", lr_schedule="none")),
         25,
         "keras-cifar10-cnn.md",
-        "The Keras seed CNN with its lr/epochs decay (the seed) vs constant lr (ablation of the decay).",
-        "seed (25 epochs, batch 32, SGD 0.01 momentum 0.9, decay lr/epochs): test acc 76.63%.",
+        "The Keras notebook's CNN with its lr/epochs decay (the notebook's) vs constant lr (ablation of the decay).",
+        "notebook (25 epochs, batch 32, SGD 0.01 momentum 0.9, decay lr/epochs): test acc 76.63%.",
     ),
 }
 
-# TrainConfig fields as train_config() takes them, with the CLI's defaults.
-TRAIN_DEFAULTS = {
-    "model": "pooling_cnn",
-    "pooling": "max",
-    "epochs": AUTO,
-    "batch_size": AUTO,
-    "lr": AUTO,
-    "momentum": AUTO,
-    "weight_decay": AUTO,
-    "optimizer": AUTO,
-    "lr_schedule": AUTO,
-    "augment": AUTO,
-    "seed": "0",
-    "device": AUTO,
-    "precision": AUTO,
-    "eval_every": "1",
-    "checkpoint_every": "50",
-}
-VARIANT_KEYS = ("pooling", "batch_size", "lr", "momentum", "weight_decay", "optimizer", "lr_schedule", "augment")
-
-
-def make_train_cfg(model: str, **raw) -> TrainConfig:
-    """A TrainConfig from raw strings, checked by pipelines.config (ConfigError names the bad value)."""
-    return train_config(*(str(v) for v in {**TRAIN_DEFAULTS, "model": model, **raw}.values()))
-
-
 # ---- the plan: everything checked before any run exists ----
-
-
-@dataclass
-class TrialSpec:
-    """What one child run trains: picklable, so a Ray worker gets it as is."""
-
-    label: str  # the configuration (rows of the comparison table)
-    run_name: str
-    data_cfg: DataConfig
-    train_cfg: TrainConfig
-    tags: dict[str, str] = field(default_factory=dict)  # study / sweep name, trial number ...
-    val_fraction: float = 0.0  # > 0: hold this share of train out as the validation split (val_* per epoch)
 
 
 @dataclass
@@ -349,184 +307,6 @@ def plan_study(
     return StudyPlan(name, data_cfg, seed_list, n_epochs, variants, trials, known)
 
 
-# ---- one child run: train + evaluate, same metric names as `main` ----
-
-
-class Pruned(Exception):  # noqa: N818 - the trial was pruned, not an error
-    """Raised by an ``on_epoch`` hook when a scheduler (ASHA) stops the trial early."""
-
-    def __init__(self, epoch: int):
-        super().__init__(f"pruned after epoch {epoch}")
-        self.epoch = epoch
-
-
-@dataclass
-class TrialResult:
-    run_id: str
-    label: str
-    seed: int
-    reused: bool
-    pruned: bool
-    epochs_done: int
-    metrics: dict[str, float]
-    seconds: float
-
-
-def params_hash(spec: TrialSpec, ds: Dataset) -> str:
-    """What determines a child's result; equal hash = same result to expect (on the same hardware kind)."""
-    cfg = spec.train_cfg
-    key = {
-        "dataset": ds.name,
-        "data_fingerprint": ds.fingerprint(),
-        "model": cfg.model,
-        "options": cfg.model_options(),
-        "recipe": cfg.recipe(),
-        "seed": cfg.seed,
-        "device": cfg.device,
-        "precision": cfg.precision,
-        "eval_every": cfg.eval_every,
-        "val_fraction": _val_fraction(spec),
-    }
-    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
-
-
-def _val_fraction(spec: TrialSpec) -> float:
-    """The trial's validation holdout (split by ``pipelines.data.split_validation``, never trained on)."""
-    return spec.val_fraction or spec.train_cfg.val_fraction
-
-
-def _finished(experiment_ids: list[str], h: str) -> RunRecord | None:
-    done = find_runs(experiment_ids, f"tags.params_hash = '{h}' and attributes.status = 'FINISHED'")
-    done = [r for r in done if "test_accuracy" in r.metrics]
-    return done[0] if done else None
-
-
-def _resumable(experiment_id: str, h: str) -> str | None:
-    """An interrupted child with the same hash whose checkpoint is on this machine."""
-    from pipelines.train import checkpoint_dir
-
-    for r in find_runs([experiment_id], f"tags.params_hash = '{h}'"):
-        if r.status in ("FAILED", "KILLED") and (checkpoint_dir(r.run_id) / "last.pt").exists():
-            return r.run_id
-    return None
-
-
-def run_trial(
-    spec: TrialSpec,
-    parent_id: str,
-    experiment_id: str,
-    dataset: Dataset | None = None,
-    on_epoch=None,
-    progress: bool = True,
-    reuse_from: tuple[str, ...] = (),
-) -> TrialResult:
-    """Train + evaluate ``spec`` as a child of ``parent_id`` (or reuse a finished identical child).
-
-    ``on_epoch(run_id, epoch, metrics)`` sees every epoch (a reused child replays its ``val_acc``
-    curve); it raises ``Pruned`` to stop the trial, which then ends FINISHED tagged ``early_stopped``.
-    Finished children are looked for in ``experiment_id`` and the experiments ids in ``reuse_from``.
-    Works in-process under the active parent run and in a Ray worker (no active run: the parent
-    is set by tag, the experiment by id).
-    """
-    from pipelines.device import pick_device, pick_precision
-    from pipelines.train import build_model, checkpoint_dir, fit_tensors, log_trained, training_params
-    from pipelines.trainer import fit
-    from tracking.metrics import MetricLogger
-
-    t0 = time.perf_counter()
-    ds = dataset or prep.load(spec.data_cfg)
-    cfg = spec.train_cfg
-    h = params_hash(spec, ds)
-    done = _finished([experiment_id, *reuse_from], h)
-    if done is not None:
-        epochs_done = int(done.metrics.get("epochs_done", 0))
-        if on_epoch:
-            try:
-                for epoch, value in metric_history(done.run_id, "val_acc"):
-                    on_epoch(done.run_id, epoch, {"val_acc": value})
-            except Pruned as p:
-                return TrialResult(done.run_id, spec.label, cfg.seed, True, True, p.epoch, done.metrics, 0.0)
-        return TrialResult(done.run_id, spec.label, cfg.seed, True, False, epochs_done, done.metrics, 0.0)
-
-    resume_id = _resumable(experiment_id, h)
-    fraction = _val_fraction(spec)
-    device = pick_device(cfg.device)
-    precision = pick_precision(cfg.precision, device)
-    recipe = cfg.recipe()
-    model, model_config = build_model(cfg, ds)
-    model = model.to(device, memory_format=torch.channels_last)
-    data = fit_tensors(ds, fraction, cfg.seed, device)  # test_* per epoch on the test set, val_* on the holdout
-    tags = {
-        "step": "trial",
-        "config": spec.label,
-        "seed": str(cfg.seed),
-        "model": cfg.model,
-        "dataset": ds.name,
-        "params_hash": h,
-        "mlflow.parentRunId": parent_id,
-        **spec.tags,
-    }
-    try:
-        in_parent = active_run_id() == parent_id
-    except RuntimeError:
-        in_parent = False
-    monitor = spec.train_cfg.system_metrics
-    with tracked_run(
-        spec.run_name, experiment_id, nested=in_parent, tags=tags, run_id=resume_id, system_metrics=monitor
-    ) as rid:
-        if resume_id is None:
-            log_params(
-                {
-                    **training_params(spec.data_cfg, cfg, ds, device, precision, model, len(data["x_train"])),
-                    "config": spec.label,
-                    "val_fraction": fraction,
-                }  # library versions, CPU/GPU and git commit: tracked_run logs them on every new run
-            )
-        ckpt = checkpoint_dir(rid) / "last.pt"
-        logger = MetricLogger(rid, local_path=checkpoint_dir(rid) / "metrics.jsonl")
-
-        def hook(epoch: int, metrics: dict[str, float]) -> None:
-            logger.log(metrics, epoch)
-            if on_epoch:
-                logger.flush()  # a scheduler may stop this process after the callback: nothing stays buffered
-                on_epoch(rid, epoch, metrics)
-
-        try:
-            state = fit(
-                model,
-                data["x_train"],
-                data["y_train"],
-                data["x_test"],
-                data["y_test"],
-                recipe,
-                cfg.seed,
-                precision,
-                cfg.eval_every,
-                cfg.checkpoint_every,
-                ckpt,
-                resume=resume_id is not None,
-                on_epoch=hook,
-                progress=progress,
-                x_val=data.get("x_val"),
-                y_val=data.get("y_val"),
-            )
-        except Pruned as p:
-            logger.flush()
-            set_tags({"early_stopped": "true", "stopped_at_epoch": p.epoch})
-            log_metrics({"epochs_done": p.epoch})
-            return TrialResult(rid, spec.label, cfg.seed, False, True, p.epoch, {}, time.perf_counter() - t0)
-        finally:
-            logger.flush()
-        log_trained(model, model_config, state)
-        metrics = evaluate.run(rid, dataset=ds, model=model, history=state.history, nested=True)
-        summary = {k: v for k, v in metrics.items() if k in SUMMARY}
-        log_metrics(summary)
-        if fraction:
-            summary["val_acc"] = state.history[-1].get("val_acc", float("nan"))
-            log_metrics({"final_val_acc": summary["val_acc"]})
-    return TrialResult(rid, spec.label, cfg.seed, False, False, state.epoch, summary, time.perf_counter() - t0)
-
-
 # ---- the study ----
 
 
@@ -568,10 +348,12 @@ def register(df, summary, ds: Dataset, name: str, study: str) -> dict[str, str]:
         run_id, score = _best_run(df, config)
         version = find_model_version(name, "train_run_id", run_id)
         if version is None:
+            from pipelines import export_onnx  # the study's models are exported by the `export_onnx` step
+
             exported = export_onnx.run(
                 run_id, ExportConfig(name), dataset=ds, test_accuracy=score, nested=True, promote=False
             )
-            version = str(exported["version"])
+            version = str(exported.version)
         mean = float(summary.loc[summary["config"] == config, "test_accuracy_mean"].iloc[0])
         set_model_version_tags(name, version, {"study": study, "config": config, "mean_test_accuracy": f"{mean:.6f}"})
         set_alias(name, alias, version)
@@ -581,7 +363,7 @@ def register(df, summary, ds: Dataset, name: str, study: str) -> dict[str, str]:
 
 
 def verdict(summary, plan: StudyPlan) -> str:
-    """The parent's description: question, ranking by the rule, cost and overfitting, seed reference."""
+    """The parent's description: question, ranking by the rule, cost and overfitting, the notebook's numbers."""
     s = summary.set_index("config")
     champion, challenger = select_champion(summary)
 
@@ -616,6 +398,57 @@ def verdict(summary, plan: StudyPlan) -> str:
     return "\n\n".join(lines)
 
 
+@dataclass
+class StudyResult:
+    run_id: str
+    experiment_id: str
+    summary: object  # pandas frame: one row per configuration, ranked by the champion rule
+    text: str  # the table as printed
+    verdict: str  # the parent's description
+    champion: str
+    challenger: str | None
+    registered: dict[str, str]  # alias -> version, <alias>_config -> configuration
+    trials: list[TrialResult]
+    seconds: float
+
+
+def _experiments(plan: StudyPlan, experiment: str | None, within_run: str | None) -> tuple[str, tuple[str, ...]]:
+    """The study's experiment and the others whose finished trials it reuses."""
+    if within_run:
+        exp_id = run_experiment_id(within_run)
+        own = find_experiment_id(f"study-{plan.name}")
+        return exp_id, ((own,) if own and own != exp_id else ())
+    return experiment_id_for(experiment or f"study-{plan.name}"), ()
+
+
+def _run_trials(plan, ds, parent_id, exp_id, executor, ray_address, max_concurrent, reuse_from) -> list[TrialResult]:
+    if executor == "ray":
+        from pipelines.trials import run_trials_on_ray  # Ray only when asked for: a heavy import
+
+        return run_trials_on_ray(plan.trials, parent_id, exp_id, ray_address, max_concurrent)
+    results = []
+    for spec in plan.trials:
+        r = run_trial(spec, parent_id, exp_id, dataset=ds, progress=sys.stderr.isatty(), reuse_from=reuse_from)
+        results.append(r)
+        click.echo(
+            f"  {spec.run_name}: test_accuracy {r.metrics.get('test_accuracy', float('nan')):.4f}"
+            + (" (reused)" if r.reused else f" ({r.seconds:.1f} s)"),
+            err=True,
+        )
+    return results
+
+
+def _note(summary, plan: StudyPlan, text: str, registered: dict, registered_model_name: str | None) -> str:
+    note = verdict(summary, plan)
+    if registered:
+        note += (
+            f"\n\nRegistered `{registered_model_name}`: champion v{registered['champion']}"
+            + (f", challenger v{registered['challenger']}" if "challenger" in registered else "")
+            + f" (`models:/{registered_model_name}@champion`)."
+        )
+    return note + f"\n\n```\n{text}\n```"
+
+
 def run_study(
     plan: StudyPlan,
     experiment: str | None = None,
@@ -625,8 +458,8 @@ def run_study(
     max_concurrent: int | None = None,
     within_run: str | None = None,
     dataset: Dataset | None = None,
-) -> dict:
-    """Run (or continue) a study; returns run_id, the summary frame, champion info and the table text.
+) -> StudyResult:
+    """Run (or continue) a study; returns its run id, the summary frame, champion info and the table text.
 
     With ``within_run`` (the active run, e.g. ``reproduce``) the study is a new child of it in the
     parent's experiment, and finished trials are also reused from the study's own experiment.
@@ -634,23 +467,19 @@ def run_study(
     """
     executor = parse_choice("executor", executor, EXECUTORS)
     quiet_downloads()
-    ds = dataset or prep.load(plan.data_cfg)  # bad data fails here, before any run exists
+    ds = dataset or load_data(plan.data_cfg)  # bad data fails here, before any run exists
     default_name = default_model_name(ds.name, plan.name, ds.class_ids, default_classes(ds.name))
     registered_model_name = registration.resolve_name(registered_model_name, default_name)
     registration.check(registered_model_name, ds)  # a name holding another kind of model: refused before training
-    if within_run:
-        exp_id = run_experiment_id(within_run)
-        own = find_experiment_id(f"study-{plan.name}")
-        reuse_from = (own,) if own and own != exp_id else ()
-    else:
-        exp_id = experiment_id_for(experiment or f"study-{plan.name}")
-        reuse_from = ()
+    exp_id, reuse_from = _experiments(plan, experiment, within_run)
     spec_hash = _spec_hash(plan, ds)
     resume_id = None if within_run else _old_parent(exp_id, spec_hash)
     t0 = time.perf_counter()
     with tracked_run(f"study-{plan.name}", exp_id, nested=bool(within_run), run_id=resume_id) as parent_id:
         if resume_id is None:
             log_params(plan.params())
+        else:  # what the interrupted attempt kept locally while its server was down goes up first
+            replay_pending(parent_id, end=False)
         set_tags(
             {
                 "step": "study",
@@ -661,28 +490,18 @@ def run_study(
                 "data_fingerprint": ds.fingerprint()[:16],
             }
         )
-        if executor == "ray":
-            from pipelines.sweep import run_trials_on_ray
-
-            results = run_trials_on_ray(plan.trials, parent_id, exp_id, ray_address, max_concurrent)
-        else:
-            results = []
-            for spec in plan.trials:
-                r = run_trial(spec, parent_id, exp_id, dataset=ds, progress=sys.stderr.isatty(), reuse_from=reuse_from)
-                results.append(r)
-                click.echo(
-                    f"  {spec.run_name}: test_accuracy {r.metrics.get('test_accuracy', float('nan')):.4f}"
-                    + (" (reused)" if r.reused else f" ({r.seconds:.1f} s)"),
-                    err=True,
-                )
+        results = _run_trials(plan, ds, parent_id, exp_id, executor, ray_address, max_concurrent, reuse_from)
         run_ids = [r.run_id for r in results]
         log_json({"run_ids": run_ids, "reused": [r.run_id for r in results if r.reused]}, TRIALS_ARTIFACT)
         records = [get_run_record(i) for i in run_ids]
         summary = log_comparison(records, f"study {plan.name}")
-        df = runs_frame(records)
         text = render(display_frame(summary), f"study {plan.name} ({ds.name}, seeds {plan.seeds})")
         champion, challenger = select_champion(summary)
-        registered = register(df, summary, ds, registered_model_name, plan.name) if registered_model_name else {}
+        registered = (
+            register(runs_frame(records), summary, ds, registered_model_name, plan.name)
+            if registered_model_name
+            else {}
+        )
         best = summary.iloc[0]
         log_metrics(
             {
@@ -693,14 +512,7 @@ def run_study(
                 "study_seconds": time.perf_counter() - t0,
             }
         )
-        note = verdict(summary, plan)
-        if registered:
-            note += (
-                f"\n\nRegistered `{registered_model_name}`: champion v{registered['champion']}"
-                + (f", challenger v{registered['challenger']}" if "challenger" in registered else "")
-                + f" (`models:/{registered_model_name}@champion`)."
-            )
-        note += f"\n\n```\n{text}\n```"
+        note = _note(summary, plan, text, registered, registered_model_name)
         set_tags(
             {
                 "champion": champion,
@@ -709,15 +521,5 @@ def run_study(
                 **({"registered_model": registered_model_name} if registered else {}),
             }
         )
-    return {
-        "run_id": parent_id,
-        "experiment_id": exp_id,
-        "summary": summary,
-        "text": text,
-        "verdict": note,
-        "champion": champion,
-        "challenger": challenger,
-        "registered": registered,
-        "trials": [asdict(r) for r in results],
-        "seconds": time.perf_counter() - t0,
-    }
+    seconds = time.perf_counter() - t0
+    return StudyResult(parent_id, exp_id, summary, text, note, champion, challenger, registered, results, seconds)

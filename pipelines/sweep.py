@@ -9,7 +9,7 @@ stops weak trials early with ASHA on the per-epoch ``val_acc``:
 * ``executor="local"``: the same search in this process, one trial after another, with Optuna's
   ``SuccessiveHalvingPruner`` (the ASHA rule) — what tests use.
 
-Every trial is a child run of the sweep's parent run (``pipelines.study.run_trial``: train +
+Every trial is a child run of the sweep's parent run (``pipelines.trials.run_trial``: train +
 evaluate, same metric names as ``main``). Ray workers get the tracking URI, the parent run id and
 the experiment id explicitly (no ``set_experiment``, no active-run inheritance). Workers stopped by
 ASHA may die before they end their run: after the sweep the driver ends any child still RUNNING
@@ -23,9 +23,6 @@ test set; the per-epoch ``test_*`` curves and ``test_accuracy`` are reported for
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import os
 import shutil
 import tempfile
 import time
@@ -34,7 +31,7 @@ from pathlib import Path
 
 import click
 
-from pipelines.compare import (
+from pipelines.comparison import (
     TRIALS_ARTIFACT,
     accuracy_curves,
     log_comparison,
@@ -53,218 +50,28 @@ from pipelines.config import (
     parse_int,
     parse_val_fraction,
 )
-from pipelines.study import EXECUTORS, Pruned, TrialResult, TrialSpec, make_train_cfg, run_trial
+from pipelines.trained import load_data
+from pipelines.trials import (
+    EXECUTORS,
+    VAL_METRIC,
+    Pruned,
+    TrialSpec,
+    close_leftovers,
+    concurrency,
+    cpu_count,
+    make_train_cfg,
+    ray_runtime,
+    run_trial,
+    tune_run_config,
+    with_run_context,
+    worker_setup,
+)
 from tracking import experiment_id_for, tracked_run
 from tracking.artifacts import log_figure, log_json, log_table
-from tracking.runs import (
-    RunRecord,
-    end_run_as,
-    find_runs,
-    get_run_record,
-    log_metrics,
-    log_params,
-    metric_history,
-    set_tags,
-    tracking_uri,
-    use_tracking_uri,
-)
+from tracking.queries import RunRecord, find_runs, get_run_record
+from tracking.runs import log_metrics, log_params, set_tags
 
-ROOT = Path(__file__).resolve().parents[1]
-METRIC = "val_acc"
-# Environment a Ray worker needs from the driver (paths made absolute: workers start elsewhere).
-FORWARDED_ENV = (
-    "PIPELINE_CHECKPOINT_DIR",
-    "PIPELINE_DATA_DIR",
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT",
-    "MLFLOW_TRACKING_USERNAME",
-    "MLFLOW_TRACKING_PASSWORD",
-    "MLFLOW_TRACKING_TOKEN",
-)
-PATH_ENV = ("PIPELINE_CHECKPOINT_DIR", "PIPELINE_DATA_DIR")
-
-
-# ---- Ray plumbing (shared by studies and sweeps) ----
-
-
-def cpu_count() -> int:
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
-
-
-def concurrency(requested: int | None, n_trials: int) -> int:
-    """Trials at once: what was asked (default: one per CPU), never more than the CPUs or the trials."""
-    return max(1, min(requested or cpu_count(), cpu_count(), n_trials))
-
-
-def _absolute_uri(uri: str) -> str:
-    """``sqlite:///rel.db`` and plain paths made absolute, so a worker in another folder finds the store."""
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return "sqlite:///" + str(Path(uri[len("sqlite:///") :]).resolve())
-    if "://" not in uri:
-        return str(Path(uri).resolve())
-    return uri
-
-
-def worker_env() -> dict[str, str]:
-    env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
-    env.setdefault("PIPELINE_CHECKPOINT_DIR", "checkpoints")
-    for k in PATH_ENV:
-        if k in env:
-            env[k] = str(Path(env[k]).resolve())
-    env["MLFLOW_TRACKING_URI"] = _absolute_uri(tracking_uri())
-    env["MLFLOW_DISABLE_TELEMETRY"] = "true"
-    env["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    return env
-
-
-@contextlib.contextmanager
-def ray_runtime(address: str | None = None, num_cpus: int | None = None):
-    """``ray.init`` (local with ``num_cpus`` CPUs, or the cluster at ``address``) and shut down after.
-
-    A Ray already initialised by the caller is used as it is and left running.
-    """
-    import ray
-
-    if ray.is_initialized():
-        yield ray
-        return
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    runtime_env: dict = {"env_vars": worker_env()}
-    kwargs: dict = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
-    if address:
-        # A cluster's workers need the code: ship this checkout (small; data and stores excluded).
-        runtime_env["working_dir"] = str(ROOT)
-        runtime_env["excludes"] = [".git", ".venv", "mlruns", "mlartifacts", "checkpoints", "out", "*.db", "data"]
-        ray.init(address=address, runtime_env=runtime_env, **kwargs)
-    else:
-        ray.init(
-            num_cpus=num_cpus or cpu_count(),
-            object_store_memory=256 * 1024**2,  # trials pass run ids, not tensors
-            runtime_env=runtime_env,
-            **kwargs,
-        )
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
-
-
-def _worker_setup(uri: str, threads: int) -> None:
-    """In a Ray worker: this process's tracking URI and CPU threads; nothing inherited from a driver run."""
-    import torch
-
-    for key in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):
-        os.environ.pop(key, None)
-    use_tracking_uri(uri)
-    torch.set_num_threads(max(1, threads))
-
-
-def _tune_run_config(name: str, storage: str):
-    from ray import tune
-
-    return tune.RunConfig(name=name, storage_path=storage, verbose=0, log_to_file=False)
-
-
-def close_leftovers(parent_id: str, experiment_id: str, failed: set[str], early_stop: bool = True) -> int:
-    """End child runs (and their children) that a stopped Ray worker left RUNNING. Returns how many.
-
-    ``early_stop``: a leftover whose trial Ray reports without error was stopped by the scheduler
-    (ASHA) and ends FINISHED tagged ``early_stopped``; without a scheduler (studies) it ends KILLED.
-    """
-    n = 0
-    for child in find_runs(
-        [experiment_id], f"tags.mlflow.parentRunId = '{parent_id}' and attributes.status = 'RUNNING'"
-    ):
-        for grand in find_runs(
-            [experiment_id], f"tags.mlflow.parentRunId = '{child.run_id}' and attributes.status = 'RUNNING'"
-        ):
-            end_run_as(grand.run_id, "KILLED", {"error": "worker stopped by Ray"})
-        if child.run_id in failed:
-            end_run_as(child.run_id, "FAILED", {"error": "Ray trial failed"})
-        elif not early_stop:
-            end_run_as(child.run_id, "KILLED", {"error": "worker stopped by Ray"})
-        else:
-            history = metric_history(child.run_id, METRIC)
-            epoch = history[-1][0] if history else 0
-            end_run_as(
-                child.run_id, "FINISHED", {"early_stopped": "true", "stopped_by": "ray", "stopped_at_epoch": epoch}
-            )
-        n += 1
-    return n
-
-
-def _study_trainable(config: dict, specs: list[TrialSpec], parent_id: str, experiment_id: str, uri: str, threads: int):
-    from ray import tune
-
-    _worker_setup(uri, threads)
-    r = run_trial(specs[config["index"]], parent_id, experiment_id, progress=False)
-    tune.report(
-        {"trial_run_id": r.run_id, "reused": r.reused, "test_accuracy": r.metrics.get("test_accuracy", float("nan"))}
-    )
-
-
-def _with_run_context(fn, parent_id: str, experiment_id: str, threads: int, **params):
-    """A Ray Tune trainable: ``fn`` with the parent run, experiment, tracking URI and its CPU share."""
-    from ray import tune
-
-    context = {"parent_id": parent_id, "experiment_id": experiment_id, "uri": _absolute_uri(tracking_uri())}
-    bound = tune.with_parameters(fn, **context, threads=threads, **params)
-    return tune.with_resources(bound, {"cpu": threads})
-
-
-def run_trials_on_ray(
-    specs: list[TrialSpec],
-    parent_id: str,
-    experiment_id: str,
-    ray_address: str | None = None,
-    max_concurrent: int | None = None,
-) -> list[TrialResult]:
-    """A study's (configuration, seed) trials as a Ray Tune grid; results in the order of ``specs``."""
-    from ray import tune
-
-    workers = concurrency(max_concurrent, len(specs))
-    threads = max(1, cpu_count() // workers)
-    storage = tempfile.mkdtemp(prefix="ray-tune-")
-    try:
-        with ray_runtime(ray_address):
-            trainable = _with_run_context(_study_trainable, parent_id, experiment_id, threads, specs=specs)
-            tuner = tune.Tuner(
-                trainable,
-                param_space={"index": tune.grid_search(list(range(len(specs))))},
-                tune_config=tune.TuneConfig(max_concurrent_trials=workers),
-                run_config=_tune_run_config("study", storage),
-            )
-            grid = tuner.fit()
-    finally:
-        shutil.rmtree(storage, ignore_errors=True)
-    errors = [r for r in grid if r.error is not None]
-    by_index: dict[int, tuple[str, bool]] = {}
-    for r in grid:
-        if r.error is None and r.metrics and "trial_run_id" in r.metrics:
-            by_index[r.config["index"]] = (r.metrics["trial_run_id"], bool(r.metrics.get("reused")))
-    close_leftovers(parent_id, experiment_id, failed=set(), early_stop=False)
-    if errors or len(by_index) != len(specs):
-        first = str(errors[0].error).splitlines()[0] if errors else "no result"
-        raise RuntimeError(f"{len(specs) - len(by_index)} of {len(specs)} Ray trials failed; first: {first}")
-    out = []
-    for i, spec in enumerate(specs):
-        run_id, reused = by_index[i]
-        rec = get_run_record(run_id)
-        out.append(
-            TrialResult(
-                rec.run_id,
-                spec.label,
-                spec.train_cfg.seed,
-                reused,
-                False,
-                int(rec.metrics.get("epochs_done", 0)),
-                rec.metrics,
-                0.0,
-            )
-        )
-    return out
+METRIC = VAL_METRIC
 
 
 # ---- the sweep ----
@@ -375,7 +182,8 @@ def point_spec(plan: SweepPlan, point: dict, trial: str) -> TrialSpec:
     lr = float(f"{float(point['lr']):.4g}")
     wd = float(f"{float(point['weight_decay']):.4g}")
     bs = int(point["batch_size"])
-    cfg = replace(plan.base_cfg, lr=lr, batch_size=bs, weight_decay=wd)
+    raw = {**plan.base_cfg.raw, "lr": f"{lr:g}", "batch_size": str(bs), "weight_decay": f"{wd:g}"}  # what is logged
+    cfg = replace(plan.base_cfg, lr=lr, batch_size=bs, weight_decay=wd, raw=raw)
     label = f"lr={lr:.3g} bs={bs} wd={wd:.2g}"
     return TrialSpec(
         label, f"trial-{trial}", plan.data_cfg, cfg, {"sweep": plan.name, "trial": trial}, plan.val_fraction
@@ -399,8 +207,6 @@ def _sweep_local(plan: SweepPlan, parent_id: str, experiment_id: str) -> list[st
     """Optuna ask/tell in this process; SuccessiveHalvingPruner is ASHA's rule applied serially."""
     import optuna
 
-    from pipelines import prep
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
         direction="maximize",
@@ -410,7 +216,7 @@ def _sweep_local(plan: SweepPlan, parent_id: str, experiment_id: str) -> list[st
         ),
     )
     space = {k: d for k, d in _optuna_space(plan).items() if d is not None}
-    ds = prep.load(plan.data_cfg)
+    ds = load_data(plan.data_cfg)
     run_ids = []
     for i in range(plan.num_samples):
         trial = study.ask(space)
@@ -444,7 +250,7 @@ def _sweep_local(plan: SweepPlan, parent_id: str, experiment_id: str) -> list[st
 def _sweep_trainable(config: dict, plan: SweepPlan, parent_id: str, experiment_id: str, uri: str, threads: int):
     from ray import tune
 
-    _worker_setup(uri, threads)
+    worker_setup(uri, threads)
     trial = tune.get_context().get_trial_id()
     spec = point_spec(plan, config, trial)
 
@@ -482,7 +288,7 @@ def _sweep_ray(plan: SweepPlan, parent_id: str, experiment_id: str, ray_address,
     storage = tempfile.mkdtemp(prefix="ray-tune-")
     try:
         with ray_runtime(ray_address):
-            trainable = _with_run_context(_sweep_trainable, parent_id, experiment_id, threads, plan=plan)
+            trainable = with_run_context(_sweep_trainable, parent_id, experiment_id, threads, plan=plan)
             tuner = tune.Tuner(
                 trainable,
                 param_space=space,
@@ -499,7 +305,7 @@ def _sweep_ray(plan: SweepPlan, parent_id: str, experiment_id: str, ray_address,
                     num_samples=plan.num_samples,
                     max_concurrent_trials=workers,
                 ),
-                run_config=_tune_run_config("sweep", storage),
+                run_config=tune_run_config("sweep", storage),
             )
             grid = tuner.fit()
     finally:
@@ -550,19 +356,27 @@ def _display(df):
     return out
 
 
+@dataclass
+class SweepResult:
+    run_id: str
+    experiment_id: str
+    trials: object  # pandas frame, one row per finished trial, best first
+    best: dict | None  # the best unpruned trial's row
+    text: str  # the table as printed
+    seconds: float
+
+
 def run_sweep(
     plan: SweepPlan,
     experiment: str | None = None,
     executor: str = "local",
     ray_address: str | None = None,
     max_concurrent: int | None = None,
-) -> dict:
+) -> SweepResult:
     """Run a sweep as one parent run with a child per trial; returns the trials table and the best trial."""
     executor = parse_choice("executor", executor, EXECUTORS)
     quiet_downloads()
-    from pipelines import prep
-
-    ds = prep.load(plan.data_cfg)  # bad data fails before any run
+    ds = load_data(plan.data_cfg)  # bad data fails before any run
     exp_id = experiment_id_for(experiment or plan.name)
     t0 = time.perf_counter()
     with tracked_run(plan.name, exp_id) as parent_id:
@@ -612,11 +426,5 @@ def run_sweep(
             )
         note.append(f"```\n{text}\n```")
         set_tags({"mlflow.note.content": "\n\n".join(note)})
-    return {
-        "run_id": parent_id,
-        "experiment_id": exp_id,
-        "trials": df,
-        "best": None if best is None else best.to_dict(),
-        "text": text,
-        "seconds": time.perf_counter() - t0,
-    }
+    best_row = None if best is None else best.to_dict()
+    return SweepResult(parent_id, exp_id, df, best_row, text, time.perf_counter() - t0)

@@ -1,4 +1,4 @@
-"""Analysis entry points (issue 6) end to end on tiny trained models against the test tracking server."""
+"""Analysis entry points end to end on tiny trained models against the test tracking server."""
 
 from __future__ import annotations
 
@@ -51,7 +51,8 @@ def test_landscape_run_and_models_uri(tracking, trained):
     client.set_registered_model_alias("analysis-cnn", "champion", mv.version)
     assert runs.resolve_train_run("models:/analysis-cnn@champion") == src
 
-    rid, m = runs.landscape("models:/analysis-cnn@champion", "li", step1d=0.25, step2d=0.5, progress=False)
+    result = runs.landscape("models:/analysis-cnn@champion", "li", step1d=0.25, step2d=0.5, progress=False)
+    rid, m = result.run_id, result.metrics
     r = _check(
         rid,
         src,
@@ -83,7 +84,7 @@ def test_landscape_max_points_caps_the_axes():
 def test_gradients_run(tracking, trained):
     src = trained["pooling_cnn"]
     result = CliRunner().invoke(
-        __import__("pipelines.__main__", fromlist=["cli"]).cli,
+        __import__("pipelines.cli", fromlist=["cli"]).cli,
         ["gradients", "--source", src, "--epochs", "2"],
         catch_exceptions=False,
     )
@@ -113,7 +114,8 @@ def test_gradient_recorder_flags():
 
 def test_features_run(tracking, trained):
     src = trained["pooling_cnn"]
-    rid, m = runs.features(src, n_images=2, max_maps=8)
+    result = runs.features(src, n_images=2, max_maps=8)
+    rid, m = result.run_id, result.metrics
     _check(
         rid,
         src,
@@ -140,7 +142,8 @@ def test_shift_images_zero_fill():
 
 def test_invariance_run(tracking, trained):
     fc, cnn = trained["fcnet"], trained["pooling_cnn"]
-    rid, df = runs.invariance(fc, cnn, max_shift=8)
+    result = runs.invariance(fc, cnn, max_shift=8)
+    rid, df = result.run_id, result.table
     _check(
         rid,
         cnn,

@@ -1,4 +1,4 @@
-"""Issue 8, point 5: a tracking server with ``--app-name basic-auth`` (for shared servers).
+"""A tracking server with ``--app-name basic-auth`` (for shared servers).
 
 A run works with ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD`` from the environment
 and is refused without them (or with a wrong password): one line, exit 2, no run created.
@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
-from pipelines.__main__ import cli
+from pipelines.cli import cli
 from tests.conftest import ROOT
 
 pytest.importorskip("flask_wtf", reason='needs `pip install "mlflow[auth]"`')

@@ -1,6 +1,6 @@
-"""Issue 8, point 4: concurrent runs against one server land in one experiment, all FINISHED, nothing lost.
+"""Concurrent runs against one server land in one experiment, all FINISHED, nothing lost.
 
-MLflow's ``set_experiment`` races between processes (mlflow issue 12259: runs landed in
+MLflow's ``set_experiment`` races between processes (an MLflow bug: runs landed in
 "Default"); ``experiment_id_for`` creates the experiment once and every run passes its id.
 """
 

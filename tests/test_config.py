@@ -1,4 +1,5 @@
-"""Bad parameters: one line naming the parameter and what is allowed, exit 2, no run created."""
+"""Parameters: parsed by their rows of the table; a bad one is one line naming it and what is allowed, exit 2,
+no run created; runs log them as given."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from pipelines.__main__ import cli
-from pipelines.config import ConfigError, as_params, data_config, train_config
+from pipelines.cli import cli
+from pipelines.config import ConfigError, as_params, data_config, data_config_from, train_config, train_config_from
 from tests.conftest import ROOT
 
 GOOD = dict(
@@ -127,3 +128,49 @@ def test_cli_error_is_one_line_without_traceback_in_a_real_process(tracking):
     )
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: lr must be > 0, got '-1'"
+
+
+def test_values_are_logged_as_given_and_read_back_unchanged():
+    cfg = train_config(**{**GOOD, "lr": "5e-3", "val_fraction": "0.10", "augment": "none"})
+    params = as_params(cfg)
+    assert params["lr"] == "5e-3" and params["val_fraction"] == "0.10" and params["augment"] == "none"
+    assert cfg.lr == 0.005 and cfg.val_fraction == 0.1 and cfg.augment is None
+    again = train_config_from(params)  # a run's logged params, as --resume reads them
+    assert again == cfg and as_params(again) == params
+    data = data_config("cifar100", "", "0, 33,41")
+    logged = as_params(data)
+    assert logged["data_dir"] == "''" and logged["classes"] == "'0, 33,41'" and data.classes == [0, 33, 41]
+    assert data_config_from(logged) == data and as_params(data_config_from(logged)) == logged
+
+
+def test_help_shows_types_choices_and_ranges():
+    out = CliRunner().invoke(cli, ["train", "--help"], terminal_width=200).output
+    for shown in ("--pooling [stride|max|avg]", "--epochs auto|INTEGER", "--seed INTEGER RANGE", "[x>=0]"):
+        assert shown in out, shown
+    assert "--optimizer [auto|sgd|adam]" in out and "--val-fraction FLOAT RANGE" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["segment", "--size", "8"], "error: size must be N or HxW with N, H, W >= 16"),
+        (["landscape", "--model", "x", "--mode", "flat"], "error: mode must be one of seed, li; got 'flat'"),
+        (["demo", "--port", "-1"], "error: port must be an integer >= 0, got '-1'"),
+        (["sweep", "--executor", "dask"], "error: executor must be one of local, ray; got 'dask'"),
+    ],
+)
+def test_every_command_rejects_a_bad_value_in_one_line_before_tracking(args, message):
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2
+    assert result.stderr.strip() == result.stderr.strip().splitlines()[0] and result.stderr.startswith(message)
+
+
+def test_the_configs_hold_exactly_the_tables_parameters():
+    from dataclasses import fields
+
+    from models import RECIPE_KEYS
+    from pipelines.config import TRAIN_PARAMS, TrainConfig
+    from pipelines.params import RECIPE_PARAMS
+
+    assert {f.name for f in fields(TrainConfig)} - {"raw"} == set(TRAIN_PARAMS)
+    assert set(RECIPE_PARAMS) == set(RECIPE_KEYS)  # auto resolves every recipe row from the model's recipe

@@ -98,3 +98,17 @@ def test_real_cifar100_subset():
     assert ds.x_train.shape == (1500, 32, 32, 3) and ds.x_test.shape == (300, 32, 32, 3)
     assert ds.class_names == ["apple", "forest", "lawn_mower"]
     assert np.bincount(ds.y_test).tolist() == [100, 100, 100]
+
+
+def test_real_cifar10_subset():
+    """The 1,000 train / 200 test images per class copy of real CIFAR-10 (official pickle layout)."""
+    root = real_data("cifar-10-batches-py")
+    ds = load_dataset("cifar10", root)
+    assert ds.x_train.shape == (10000, 32, 32, 3) and ds.x_test.shape == (2000, 32, 32, 3)
+    assert ds.x_train.dtype == np.uint8 and ds.class_ids == list(range(10))
+    assert ds.class_names[:3] == ["airplane", "automobile", "bird"] and ds.class_names[-1] == "truck"
+    assert np.bincount(ds.y_train).tolist() == [1000] * 10 and np.bincount(ds.y_test).tolist() == [200] * 10
+    assert 100 < ds.x_test.mean() < 150 and ds.x_test.std() > 40  # real photographs, not noise or blank images
+    assert any("md5 differs" in w for w in ds.warnings)  # a subset: accepted with a warning, not the official files
+    cats = load_dataset("cifar10", root, [3, 5])  # cat, dog
+    assert cats.class_names == ["cat", "dog"] and np.bincount(cats.y_test).tolist() == [200, 200]

@@ -96,7 +96,7 @@ def test_mlflow_run_main_end_to_end(tracking, cifar_dir, tmp_path):
     assert dl.returncode == 0, dl.stderr[-2000:]
     session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
     from pipelines.data import load_dataset
-    from pipelines.train import load_trained
+    from pipelines.trained import load_trained
 
     ds = load_dataset("cifar100", cifar_dir)
     model, _ = load_trained(mv.tags["train_run_id"])

@@ -1,4 +1,4 @@
-"""Loss landscape: the direction is the seed's ``generate_theta``; the fast path equals a plain loop."""
+"""Loss landscape: the direction is the reference notebook's ``generate_theta``; the fast path equals a plain loop."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from pipelines.analysis.landscape import (
 
 
 def seed_generate_theta(model: nn.Module, seed=None):
-    """The seed notebook's ``generate_theta``, verbatim but for the model argument (and no state_dict reload)."""
+    """The reference notebook's ``generate_theta``, verbatim but for the model argument (and no state_dict reload)."""
     model.eval()
     if seed is not None:
         np.random.seed(seed)
@@ -143,7 +143,7 @@ def test_fast_grid_equals_state_dict_loop(tiny):
     w1, w2 = ({f"net.{n}": t for n, t in d.items()} for d in (d1, d2))
     z = loss_grid(Wrapped(model), x, y, alphas, betas, w1, w2, "li", chunk=3, progress=False)
     np.testing.assert_allclose(z, expected, rtol=0, atol=1e-5)  # `expected` of the last mode, "li"
-    # the seed's 2-D point is the coefficient form used by the fast path
+    # the reference notebook's 2-D point is the coefficient form used by the fast path
     c0, c1, c2 = point_coefficients("seed", 0.3, -0.2)
     assert (c0, c1, c2) == pytest.approx((1.2 * 0.7, 1.2 * 0.3, -0.2))
 
@@ -157,7 +157,7 @@ def test_centre_is_the_unperturbed_loss(tiny):
     d1, d2 = random_direction(model, 0), random_direction(model, 1)
     model.train()  # the landscape runs in eval mode and gives the mode back
     for mode in ("seed", "li"):
-        alphas = seed_alphas()[::20]  # every 20th of the seed's 600 points, 0.0 included
+        alphas = seed_alphas()[::20]  # every 20th of the reference notebook's 600 points, 0.0 included
         stats = summarize(alphas, loss_curve(model, x8, y.numpy(), alphas, d1, mode, chunk=32, progress=False))
         assert stats["loss_center"] == pytest.approx(plain8, abs=1e-5)
         assert stats["loss_min"] <= stats["loss_center"]

@@ -1,4 +1,4 @@
-"""``models.layers``: the same functions as the seed's layers (values and gradients), in a faster layout."""
+"""``models.layers``: the same functions as the reference notebook's layers (values, gradients), in a faster layout."""
 
 from __future__ import annotations
 
@@ -96,7 +96,7 @@ def test_flatten_linear_state_dict_and_eval_path_are_nn_linear():
 @pytest.mark.parametrize("pooling", POOLINGS)
 def test_pooling_cnn_is_the_seed_network(pooling):
     """Our pooling_cnn (vectorised Normalize, max pool before its ReLU, NHWC-order FlattenLinear) computes
-    the seed's network (``bench.common.seed_model``: the notebook's layers, which the benchmark's seed
+    the reference notebook's network (``bench.common.seed_model``: the notebook's layers, which the benchmark's seed
     loop trains, given our initial weights): same logits and same gradients."""
     ours = make_model(pooling, 0)  # channels_last, as the trainer runs it
     seed = seed_model(pooling, 0)

@@ -14,7 +14,7 @@ from models import count_params, create_model, list_models, model_info
 from models.custom_layers import CBAM, LearnableSwish, MixedPool2d, WSConv2d
 from models.layers import Normalize
 
-# Parameter counts for 10 classes. Seed counts (SPEC S2/S4, checked against the seeds' printouts) are
+# Parameter counts for 10 classes. Seed counts (SPEC S2/S4, checked against the reference notebooks' printouts) are
 # marked; the others are our designs' counts, documented in each builder's docstring.
 EXPECTED_PARAMS = {
     "fcnet": 567_434,  # seed

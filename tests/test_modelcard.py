@@ -270,7 +270,7 @@ def card_model(tmp_path_factory) -> tuple[Path, ModelCard]:
 
 
 def _classify_cli(args: list[str], tmp_path: Path, monkeypatch):
-    from pipelines.__main__ import cli
+    from pipelines.cli import cli
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'unused.db'}")  # a local file needs no server
     return CliRunner().invoke(cli, ["classify", *args])

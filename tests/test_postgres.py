@@ -1,4 +1,4 @@
-"""Issue 10: the tracking server on a real PostgreSQL backend with proxied artifacts.
+"""The tracking server on a real PostgreSQL backend with proxied artifacts.
 
 A throw-away cluster (``tracking.postgres.TempCluster``: Debian's initdb/pg_ctl in a temp dir, as the ``postgres``
 user, on a free 127.0.0.1 port) backs an ``mlflow server``; the end-to-end pipeline runs against it; the server
@@ -119,12 +119,12 @@ def test_pipeline_on_postgres_survives_a_restart(pg_tracking, cifar_dir, tmp_pat
     from pipelines.config import data_config, export_config, train_config
     from pipelines.data import load_dataset
 
-    cfg = train_config("pooling_cnn", "stride", "2", *["auto"] * 7, "0", "cpu", "fp32", "1", "50")
+    cfg = train_config(model="pooling_cnn", pooling="stride", epochs="2", device="cpu", precision="fp32")
     result = main.run(data_config("cifar100", str(cifar_dir), "default"), cfg, export_config(MODEL, "1e-4"), "pg-e2e")
     client = MlflowClient()
     exp = client.get_experiment_by_name("pg-e2e")
     (parent,) = client.search_runs([exp.experiment_id], "tags.step = 'main'")
-    assert parent.info.run_id == result["run_id"] and parent.info.status == "FINISHED"
+    assert parent.info.run_id == result.run_id and parent.info.status == "FINISHED"
     children = {
         r.data.tags["step"]: r
         for r in client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
@@ -139,7 +139,7 @@ def test_pipeline_on_postgres_survives_a_restart(pg_tracking, cifar_dir, tmp_pat
         f.path for f in client.list_artifacts(children["evaluate"].info.run_id, "reports")
     }
     mv = client.get_model_version_by_alias(MODEL, "champion")
-    assert mv.tags["train_run_id"] == children["train"].info.run_id and result["champion"] is True
+    assert mv.tags["train_run_id"] == children["train"].info.run_id and result.export.champion is True
     # Proxied artifacts: the files sit in the server's --artifacts-destination, the client never saw that folder.
     assert any(pg_tracking.artifacts.rglob("classification_report_test.json"))
     assert any(pg_tracking.artifacts.rglob("model.onnx"))
@@ -158,7 +158,7 @@ def test_pipeline_on_postgres_survives_a_restart(pg_tracking, cifar_dir, tmp_pat
 
 # ---------------------------------------------------------------- 8 runs at once
 
-# The case of tests/test_concurrency.py (issue 8), as a function of the server URL so both backends run it.
+# The case of tests/test_concurrency.py, as a function of the server URL so both backends run it.
 TRAIN = ["train", "--dataset", "digits", "--model", "simple_cnn", "--epochs", "1", "--batch-size", "256"]
 TRAIN += ["--device", "cpu", "--precision", "fp32"]
 

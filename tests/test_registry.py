@@ -67,13 +67,13 @@ def digits_main(mlflow_server, tmp_path_factory):
 
 
 def test_auto_name_and_a_one_sentence_description(tracking, digits_main):
-    assert digits_main["registered_model"] == "digits-pooling_cnn"
+    assert digits_main.export.registered_model == "digits-pooling_cnn"
     client = MlflowClient()
-    mv = client.get_model_version("digits-pooling_cnn", digits_main["version"])
+    mv = client.get_model_version("digits-pooling_cnn", digits_main.export.version)
     assert client.get_model_version_by_alias("digits-pooling_cnn", "champion").version == mv.version
     text = mv.description
     assert "pooling_cnn" in text and "digits classes 0..9 (8x8x1)" in text and "test accuracy" in text
-    assert "digits test split (360 images" in text and digits_main["train_run_id"] in text
+    assert "digits test split (360 images" in text and digits_main.train_run_id in text
     kind = ModelKind.from_tags(client.get_registered_model("digits-pooling_cnn").tags)
     assert kind == ModelKind("digits", tuple(range(10)), tuple(map(str, range(10))), (8, 8, 1))
 
@@ -97,8 +97,8 @@ def test_other_data_refused_before_training(tracking, digits_main, cifar_dir):
 def test_runs_without_a_name_never_share_one(tracking, digits_main, cifar_dir):
     cifar = _main("auto", "registry-main", dataset="cifar100", data_dir=str(cifar_dir))
     subset = _main("auto", "registry-main", classes="0,1,2")
-    assert cifar["registered_model"] == "cifar100-pooling_cnn"
-    assert subset["registered_model"] == "digits-pooling_cnn-c0-1-2"
+    assert cifar.export.registered_model == "cifar100-pooling_cnn"
+    assert subset.export.registered_model == "digits-pooling_cnn-c0-1-2"
     client = MlflowClient()
     champion = client.get_model_version_by_alias("digits-pooling_cnn", "champion")
     assert ModelKind.from_tags(champion.tags).dataset == "digits"  # the CIFAR run never touched it
@@ -136,7 +136,7 @@ def test_champion_compares_only_scores_on_the_same_test_split(tracking):
 def test_downloaded_file_and_mlmodel_describe_the_model(tracking, digits_main, tmp_path):
     from pipelines.modelcard import read
 
-    name = digits_main["registered_model"]
+    name = digits_main.export.registered_model
     out = tmp_path / "out"
     dl = subprocess.run(
         [sys.executable, "-m", "mlflow", "artifacts", "download", "-u", f"models:/{name}@champion", "-d", str(out)],
@@ -148,7 +148,7 @@ def test_downloaded_file_and_mlmodel_describe_the_model(tracking, digits_main, t
     card = read(out / "model.onnx")
     assert card.class_ids == list(range(10)) and card.class_names == [str(i) for i in range(10)]
     assert card.input_shape == [8, 8, 1] and card.input_layout == "NHWC" and card.dataset == "digits"
-    assert card.train_run_id == digits_main["train_run_id"] and len(card.test_fingerprint) == 64
+    assert card.train_run_id == digits_main.train_run_id and len(card.test_fingerprint) == 64
     assert card.preprocessing.startswith("center-crop-box-v1")
     import yaml
 
@@ -159,14 +159,14 @@ def test_downloaded_file_and_mlmodel_describe_the_model(tracking, digits_main, t
 
 def test_logged_model_has_linked_test_metrics_and_runs_have_dataset_inputs(tracking, digits_main):
     client = MlflowClient()
-    parent = client.get_run(digits_main["run_id"])
-    model = mlflow.get_logged_model(digits_main["model_id"])
+    parent = client.get_run(digits_main.run_id)
+    model = mlflow.get_logged_model(digits_main.export.model_id)
     metrics = {m.key: m for m in model.metrics}
-    assert metrics["test_accuracy"].value == pytest.approx(digits_main["test_accuracy"])
+    assert metrics["test_accuracy"].value == pytest.approx(digits_main.summary["test_accuracy"])
     assert metrics["test_accuracy"].dataset_name == "digits-test"
     found = mlflow.search_logged_models(experiment_ids=[parent.info.experiment_id], output_format="list")
-    assert digits_main["model_id"] in {m.model_id for m in found}
-    assert digits_main["model_id"] in {i.model_id for i in parent.inputs.model_inputs}  # parent links the model
+    assert digits_main.export.model_id in {m.model_id for m in found}
+    assert digits_main.export.model_id in {i.model_id for i in parent.inputs.model_inputs}  # parent links the model
     assert model.source_run_id == parent.info.run_id and model.name == "digits-pooling_cnn"  # listed under `main`
     children = client.search_runs(
         [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'", max_results=10
@@ -178,7 +178,7 @@ def test_logged_model_has_linked_test_metrics_and_runs_have_dataset_inputs(track
 
 def test_environment_is_tags_and_experiments_are_model_development(tracking, digits_main):
     client = MlflowClient()
-    parent = client.get_run(digits_main["run_id"])
+    parent = client.get_run(digits_main.run_id)
     assert parent.data.tags["env.torch"].startswith("2.13") and parent.data.tags["env.git_commit"]
     assert not [k for k in parent.data.params if k.startswith("env.")]  # params are hyper-parameters only
     exp = client.get_experiment(parent.info.experiment_id)

@@ -1,4 +1,4 @@
-"""Issue 8: bad input, crashes and kills, a dead server, safe loading and downloads.
+"""Bad input, crashes and kills, a dead server, safe loading and downloads.
 
 Every user error is one line, exit 2, no traceback and no run; every run ends FINISHED, FAILED or
 KILLED (never RUNNING); an interrupted run resumes into the same run id and ends with the weights
@@ -27,7 +27,7 @@ import torch
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
-from pipelines.__main__ import cli
+from pipelines.cli import cli
 from tests.conftest import ROOT, crash_after_epoch
 
 # Small and deterministic: sklearn's digits (offline), a small CNN, CPU fp32, one thread.
@@ -114,7 +114,14 @@ def _reference(epochs: int, augment: str = "false", experiment: str = "reference
     from pipelines.config import data_config, train_config
 
     cfg = train_config(
-        "simple_cnn", "max", epochs, 128, 0.05, "auto", "auto", "auto", "auto", augment, 0, "cpu", "fp32", 1, 100
+        model="simple_cnn",
+        epochs=epochs,
+        batch_size=128,
+        lr=0.05,
+        augment=augment,
+        device="cpu",
+        precision="fp32",
+        checkpoint_every=100,
     )
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -371,7 +378,7 @@ def test_classify_prints_top_k_and_creates_no_run(tracking, classifier, tmp_path
 def test_sigterm_outside_training_is_one_line_exit_143():
     import click
 
-    from pipelines.__main__ import entry_point
+    from pipelines.cli import entry_point
     from tracking import RunKilled
 
     @click.command()
@@ -391,17 +398,20 @@ def test_sigterm_outside_training_is_one_line_exit_143():
 
 
 def test_exception_mid_training_fails_run_and_parent_then_resumes_exactly(tracking, monkeypatch):
+    import pipelines.runner as runner
     import pipelines.train as train_mod
     from pipelines import main
     from pipelines.config import data_config, export_config, train_config
 
-    real_fit = train_mod.fit
-    monkeypatch.setattr(train_mod, "fit", crash_after_epoch(real_fit, 2, "disk on fire at epoch 2"))
+    real_fit = runner.fit
+    monkeypatch.setattr(runner, "fit", crash_after_epoch(real_fit, 2, "disk on fire at epoch 2"))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the same thread count for every part that is compared
     name = _unique("crash")
     data_cfg = data_config("digits", "", "default")
-    cfg = train_config("simple_cnn", "max", 4, 128, 0.05, *["auto"] * 5, 0, "cpu", "fp32", 1, 1)
+    cfg = train_config(
+        model="simple_cnn", epochs=4, batch_size=128, lr=0.05, device="cpu", precision="fp32", checkpoint_every=1
+    )
     try:
         with pytest.raises(RuntimeError, match="disk on fire"):
             main.run(data_cfg, cfg, export_config("none", "1e-4"), experiment=name)
@@ -423,7 +433,7 @@ def test_exception_mid_training_fails_run_and_parent_then_resumes_exactly(tracki
     assert _steps(client, rid, "train_loss") == [1, 2]  # flushed on the way out
     assert torch.load(_checkpoints() / rid / "last.pt", weights_only=True)["epoch"] == 1  # epoch 2 never finished
 
-    monkeypatch.setattr(train_mod, "fit", real_fit)
+    monkeypatch.setattr(runner, "fit", real_fit)
     try:
         resumed = train_mod.run(data_cfg, cfg, resume_run_id=rid)  # re-runs epoch 2 from the epoch-1 checkpoint
         reference = train_mod.run(data_cfg, cfg, experiment=f"{name}-reference")
@@ -438,7 +448,7 @@ def test_exception_mid_training_fails_run_and_parent_then_resumes_exactly(tracki
 
 
 def test_sigterm_mid_run_ends_killed_after_checkpoint_and_resume_equals_uninterrupted(tracking, tmp_path):
-    from pipelines.train import load_trained
+    from pipelines.trained import load_trained
 
     epochs = 8
     args = ["train", *TINY, "--epochs", str(epochs), "--augment", "true", "--checkpoint-every", "100"]
@@ -544,7 +554,7 @@ def test_unreachable_server_at_start_fails_fast_naming_the_uri(monkeypatch):
 @pytest.mark.slow
 def test_server_dies_mid_run_training_finishes_and_resync_completes_the_run(tmp_path, monkeypatch):
     """Kill the server after epoch 2 (training paused meanwhile), finish offline, restart it, resync."""
-    from pipelines.train import load_trained
+    from pipelines.trained import load_trained
     from tracking.server import start_server, stop_server
 
     store = tmp_path / "store"
@@ -612,20 +622,20 @@ def test_server_dies_mid_run_training_finishes_and_resync_completes_the_run(tmp_
 def test_metric_logger_backs_off_while_the_server_is_down(tracking, tmp_path, monkeypatch, capsys):
     """A dead server costs a quick /health probe per attempt, not MLflow's retries; values wait in memory."""
     from tracking import experiment_id_for, tracked_run
-    from tracking import runs as runs_mod
+    from tracking import offline as offline_mod
     from tracking.metrics import MetricLogger
 
-    real = runs_mod.server_reachable
+    real = offline_mod.server_reachable
     with tracked_run("offline-metrics", experiment_id_for("reliability")) as rid:
         logger = MetricLogger(rid, tmp_path / "m.jsonl", flush_every_s=0)
-        monkeypatch.setattr(runs_mod, "server_reachable", lambda timeout_s=3.0: False)
+        monkeypatch.setattr(offline_mod, "server_reachable", lambda timeout_s=3.0: False)
         t0 = time.monotonic()
         for step in range(1, 21):
             logger.log({"loss": 1 / step}, step)
-        assert time.monotonic() - t0 < 5 and not logger.flush() and runs_mod.offline()
+        assert time.monotonic() - t0 < 5 and not logger.flush() and offline_mod.offline()
         assert capsys.readouterr().err.count("warning: tracking server") == 1  # warned once
-        monkeypatch.setattr(runs_mod, "server_reachable", real)
-        assert logger.flush(force=True) and not runs_mod.offline()
+        monkeypatch.setattr(offline_mod, "server_reachable", real)
+        assert logger.flush(force=True) and not offline_mod.offline()
         assert "answers again: 20 buffered metric values sent" in capsys.readouterr().err
     assert _steps(MlflowClient(), rid, "loss") == list(range(1, 21))
     assert len((tmp_path / "m.jsonl").read_text().splitlines()) == 20
@@ -634,7 +644,7 @@ def test_metric_logger_backs_off_while_the_server_is_down(tracking, tmp_path, mo
 def test_run_ending_while_server_is_down_is_kept_locally_and_resynced(tracking, capsys):
     """The end of a run against a dead server: no hang, a pending record, then resync sets the status."""
     from tracking import TrackingError, experiment_id_for, tracked_run
-    from tracking import runs as runs_mod
+    from tracking import offline as offline_mod
     from tracking.artifacts import log_json
     from tracking.runs import log_metrics
 
@@ -644,7 +654,7 @@ def test_run_ending_while_server_is_down_is_kept_locally_and_resynced(tracking, 
     try:
         with pytest.raises(RuntimeError, match="boom"), tracked_run("dies-offline", exp) as a:
             mlflow.set_tracking_uri(dead)  # the server goes away mid-run
-            runs_mod.mark_offline("test")  # as a failed metric flush would find
+            offline_mod.mark_offline("test")  # as a failed metric flush would find
             log_metrics({"final": 1.0})
             log_json({"k": 1}, "out/result.json")
             raise RuntimeError("boom")

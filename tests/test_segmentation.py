@@ -1,4 +1,4 @@
-"""Issue 9: U-Net shapes, generated data, the PNG folder format, IoU/Dice, and ``segment`` end to end."""
+"""U-Net shapes, generated data, the PNG folder format, IoU/Dice, and ``segment`` end to end."""
 
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ from models import count_params, create_model, model_info
 from pipelines.config import ConfigError
 from pipelines.data import DataError
 from pipelines.data import segmentation as segdata
-from pipelines.segment import (
+from pipelines.segment import segment_config
+from pipelines.segmentation_metrics import (
     confusion,
     dice_loss,
     multiclass_dice_loss,
     predict_mask,
     seg_loss,
-    segment_config,
     segmentation_scores,
 )
 from tests.conftest import crash_after_epoch
@@ -209,7 +209,7 @@ def test_cli_rejects_bad_task_before_any_run(tracking):
     from click.testing import CliRunner
     from mlflow.tracking import MlflowClient
 
-    from pipelines.__main__ import cli
+    from pipelines.cli import cli
 
     def count_runs() -> int:
         client = MlflowClient()
@@ -230,7 +230,7 @@ def test_segment_end_to_end(tracking, tmp_path):
     from mlflow.tracking import MlflowClient
 
     from pipelines import segment
-    from pipelines.train import load_trained
+    from pipelines.trained import load_trained
 
     cfg = segment_config(
         task="multiclass",
@@ -245,7 +245,7 @@ def test_segment_end_to_end(tracking, tmp_path):
     )
     result = segment.run(cfg, experiment="segment-tests", progress=False)
     client = MlflowClient()
-    run = client.get_run(result["run_id"])
+    run = client.get_run(result.run_id)
     assert run.info.status == "FINISHED"
     m = run.data.metrics
     for key in ("test_miou", "test_mdice", "test_pixel_acc", "train_miou", "test_iou_class_0", "test_dice_class_0"):
@@ -253,7 +253,7 @@ def test_segment_end_to_end(tracking, tmp_path):
     assert m["onnx_max_abs_diff"] < 1e-4 and m["onnx_parity_batch"] == 6  # batch 6: export saw batch 2
     assert [h.step for h in client.get_metric_history(run.info.run_id, "test_epoch_miou")] == [1, 2]
     assert run.data.params["task"] == "multiclass" and run.data.params["data.in_shape"] == "21x19x1"
-    assert run.data.tags["step"] == "segment" and result["registered_model"] == "seg-test-multiclass"
+    assert run.data.tags["step"] == "segment" and result.registered_model == "seg-test-multiclass"
     artifacts = {f.path for d in ("figures", "reports", "model") for f in client.list_artifacts(run.info.run_id, d)}
     assert {
         "figures/predictions_test.png",
@@ -283,7 +283,7 @@ def test_multiclass_training_beats_all_background_on_foreground_iou():
     Measured (1 thread): foreground mIoU 0.73 train / 0.21 test, every digit class above 0. The old
     recipe (default init, cross-entropy, batch 32) stays on its plateau here.
     """
-    from pipelines.segment import evaluate_tensors, mask_hooks
+    from pipelines.segmentation_metrics import evaluate_tensors, mask_hooks
     from pipelines.trainer import fit
 
     ds = segdata.load_generated("multiclass", n_train=TINY_LEARN, n_test=32, size=(32, 32), max_digits=2, seed=0)
@@ -292,7 +292,8 @@ def test_multiclass_training_beats_all_background_on_foreground_iou():
     x, y = torch.from_numpy(ds.x_train).float(), torch.from_numpy(ds.y_train).long()
     xt, yt = torch.from_numpy(ds.x_test).float(), torch.from_numpy(ds.y_test).long()
     recipe = {**segment_config(task="multiclass").recipe(), "epochs": TINY_LEARN_EPOCHS}
-    fit(model, x, y, xt, yt, recipe, seed=0, progress=False, eval_every=100, **mask_hooks("multiclass", 11))
+    data = {"x_train": x, "y_train": y, "x_test": xt, "y_test": yt}
+    fit(model, **data, recipe=recipe, seed=0, progress=False, eval_every=100, **mask_hooks("multiclass", 11))
     # (split, floor of the foreground mIoU, IoU that 80 % of the digit classes present must pass)
     for split, xs, ys, floor, per_class in (("train", x, y, 0.5, 0.2), ("test", xt, yt, 0.1, 0.0)):
         assert _all_background_foreground_miou(ys) == 0.0
@@ -310,7 +311,7 @@ def test_segment_resume_continues_exactly_like_an_uninterrupted_run(tracking, mo
     from mlflow.tracking import MlflowClient
 
     from pipelines import segment
-    from pipelines.train import checkpoint_dir, load_trained
+    from pipelines.trained import checkpoint_dir, load_trained
 
     raw = {
         "task": "multiclass",
@@ -324,14 +325,16 @@ def test_segment_resume_continues_exactly_like_an_uninterrupted_run(tracking, mo
         "checkpoint_every": 1,
         "registered_model_name": "none",
     }
-    real_fit = segment.fit
+    import pipelines.runner as runner
+
+    real_fit = runner.fit
     crashing_fit = crash_after_epoch(real_fit, 2, "power cut at epoch 2")
     client = MlflowClient()
     name = f"segment-resume-{uuid.uuid4().hex[:8]}"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the same thread count for everything compared
     try:
-        monkeypatch.setattr(segment, "fit", crashing_fit)
+        monkeypatch.setattr(runner, "fit", crashing_fit)
         with pytest.raises(RuntimeError, match="power cut"):
             segment.run(segment_config(**raw), experiment=name, progress=False)
         (crashed,) = client.search_runs([client.get_experiment_by_name(name).experiment_id])
@@ -339,16 +342,16 @@ def test_segment_resume_continues_exactly_like_an_uninterrupted_run(tracking, mo
         assert crashed.info.status == "FAILED"
         assert torch.load(checkpoint_dir(rid) / "last.pt", weights_only=True)["epoch"] == 1
 
-        monkeypatch.setattr(segment, "fit", real_fit)
+        monkeypatch.setattr(runner, "fit", real_fit)
         resumed = segment.run(segment.config_from_run(rid), resume_run_id=rid, progress=False)
         reference = segment.run(segment_config(**raw), experiment=f"{name}-reference", progress=False)
     finally:
         torch.set_num_threads(threads)
-    assert resumed["run_id"] == rid and client.get_run(rid).info.status == "FINISHED"
+    assert resumed.run_id == rid and client.get_run(rid).info.status == "FINISHED"
     for key in ("train_loss", "test_epoch_miou"):
         assert sorted(m.step for m in client.get_metric_history(rid, key)) == [1, 2, 3, 4], key  # none twice
-    a, b = load_trained(rid)[0].state_dict(), load_trained(reference["run_id"])[0].state_dict()
+    a, b = load_trained(rid)[0].state_dict(), load_trained(reference.run_id)[0].state_dict()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
     for key in ("test_miou", "test_eval_loss", "train_miou"):
-        assert resumed[key] == pytest.approx(reference[key], abs=1e-6), key
+        assert resumed.metrics[key] == pytest.approx(reference.metrics[key], abs=1e-6), key

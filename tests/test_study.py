@@ -1,4 +1,4 @@
-"""Studies and compare (issue 5): the pooling study end to end on digits, resume, champion, compare."""
+"""Studies and compare: the pooling study end to end on digits, resume, champion, compare."""
 
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def test_bad_study_parameters_are_one_line_errors(kwargs, message):
 
 
 def test_cli_bad_study_name_fails_before_any_run(tracking):
-    from pipelines.__main__ import cli
+    from pipelines.cli import cli
 
     result = CliRunner().invoke(cli, ["study", "no_such_study", "--experiment", "study-bad"])
     assert result.exit_code == 2
@@ -73,7 +73,7 @@ def test_cli_bad_study_name_fails_before_any_run(tracking):
 def test_rank_ties_go_to_the_faster_configuration():
     import pandas as pd
 
-    from pipelines.compare import summarize
+    from pipelines.comparison import summarize
     from pipelines.study import select_champion
 
     df = pd.DataFrame(
@@ -128,10 +128,10 @@ def _trials(client, exp_id, parent_id):
 def test_pooling_study_parent_children_table_and_figures(tracking, pooling_study):
     client = MlflowClient()
     r = pooling_study["resumed"]
-    parent = client.get_run(r["run_id"])
+    parent = client.get_run(r.run_id)
     assert parent.info.status == "FINISHED" and parent.data.tags["step"] == "study"
     assert parent.data.params["study.seeds"] == "0,1" and parent.data.params["study.name"] == "pooling"
-    trials = _trials(client, r["experiment_id"], r["run_id"])
+    trials = _trials(client, r.experiment_id, r.run_id)
     assert len(trials) == 6 and all(t.info.status == "FINISHED" for t in trials)
     for t in trials:  # the same metric names as `main`, in every child
         for key in ("test_accuracy", "test_macro_f1", "train_accuracy", "overfit_gap", "train_seconds"):
@@ -140,10 +140,10 @@ def test_pooling_study_parent_children_table_and_figures(tracking, pooling_study
             assert key in t.data.metrics, key
         assert [m.step for m in client.get_metric_history(t.info.run_id, "test_acc")] == [1]
         assert t.data.tags["params_hash"] and t.data.tags["config"] in ("stride", "max", "avg")
-    summary = r["summary"]
+    summary = r.summary
     assert list(summary["n"]) == [2, 2, 2] and set(summary["config"]) == {"stride", "max", "avg"}
     assert {"test_accuracy_mean", "test_accuracy_std", "overfit_gap_mean", "num_params_mean"} <= set(summary.columns)
-    files = {f.path for d in ("comparison", "figures") for f in client.list_artifacts(r["run_id"], d)}
+    files = {f.path for d in ("comparison", "figures") for f in client.list_artifacts(r.run_id, d)}
     assert {
         "comparison/summary.csv",
         "comparison/summary.json",
@@ -154,52 +154,52 @@ def test_pooling_study_parent_children_table_and_figures(tracking, pooling_study
     } <= files
     note = parent.data.tags["mlflow.note.content"]
     assert "Verdict: champion" in note and "stride vs max pooling vs average pooling" in note
-    assert "test acc" in r["text"] and "±" in r["text"]
+    assert "test acc" in r.text and "±" in r.text
 
 
 def test_crashed_study_resumes_and_rerun_is_idempotent(tracking, pooling_study):
     client = MlflowClient()
     resumed, again = pooling_study["resumed"], pooling_study["again"]
-    assert sum(t["reused"] for t in resumed["trials"]) == 2  # the two finished before the crash
-    assert all(t["reused"] for t in again["trials"])
-    assert again["run_id"] == resumed["run_id"]  # same study spec: the same parent re-opened
-    assert [t["run_id"] for t in again["trials"]] == [t["run_id"] for t in resumed["trials"]]
+    assert sum(t.reused for t in resumed.trials) == 2  # the two finished before the crash
+    assert all(t.reused for t in again.trials)
+    assert again.run_id == resumed.run_id  # same study spec: the same parent re-opened
+    assert [t.run_id for t in again.trials] == [t.run_id for t in resumed.trials]
     # Only the six children ever trained: the crash left none half-done and nothing ran twice.
-    exp = resumed["experiment_id"]
+    exp = resumed.experiment_id
     all_trials = client.search_runs([exp], "tags.step = 'trial'")
     assert len(all_trials) == 6
     assert not client.search_runs([exp], "attributes.status = 'RUNNING'")
-    assert again["registered"] == resumed["registered"]  # no new model versions on a re-run
+    assert again.registered == resumed.registered  # no new model versions on a re-run
 
 
 def test_champion_and_challenger_registered_by_the_rule(tracking, pooling_study):
     client = MlflowClient()
     r = pooling_study["resumed"]
-    ranked = list(r["summary"]["config"])
+    ranked = list(r.summary["config"])
     champion = client.get_model_version_by_alias("digits-pooling-test", "champion")
     challenger = client.get_model_version_by_alias("digits-pooling-test", "challenger")
-    assert champion.tags["config"] == ranked[0] == r["champion"]
-    assert challenger.tags["config"] == ranked[1] == r["challenger"]
+    assert champion.tags["config"] == ranked[0] == r.champion
+    assert challenger.tags["config"] == ranked[1] == r.challenger
     assert champion.tags["study"] == "pooling"
-    means = dict(zip(r["summary"]["config"], r["summary"]["test_accuracy_mean"]))
+    means = dict(zip(r.summary["config"], r.summary["test_accuracy_mean"]))
     assert means[ranked[0]] >= means[ranked[1]] >= means[ranked[2]]
     assert len(client.search_model_versions("name = 'digits-pooling-test'")) == 2
 
 
 def test_exporting_the_runner_up_never_moves_champion(tracking, pooling_study):
     """Ranked by mean over seeds, the runner-up's best seed may beat the champion's: champion stays on the first."""
-    from pipelines.compare import runs_frame
+    from pipelines.comparison import runs_frame
     from pipelines.data import load_dataset
     from pipelines.study import _best_run, register
-    from tracking.runs import get_run_record
+    from tracking.queries import get_run_record
 
     r = pooling_study["resumed"]
-    df = runs_frame([get_run_record(t["run_id"]) for t in r["trials"]])
+    df = runs_frame([get_run_record(t.run_id) for t in r.trials])
     best = {c: _best_run(df, c) for c in df["config"].unique()}
     worst_best, top_best = min(best, key=lambda c: best[c][1]), max(best, key=lambda c: best[c][1])
     assert best[top_best][1] > best[worst_best][1]  # one epoch on digits: the seeds' best runs differ
     # A ranking (as if by mean over seeds) whose first configuration has the weaker best seed.
-    summary = r["summary"].set_index("config").loc[[worst_best, top_best]].reset_index()
+    summary = r.summary.set_index("config").loc[[worst_best, top_best]].reset_index()
     registered = register(df, summary, load_dataset("digits"), "digits-pooling-ranked", "pooling")
     client = MlflowClient()
     champion = client.get_model_version_by_alias("digits-pooling-ranked", "champion")
@@ -210,10 +210,10 @@ def test_exporting_the_runner_up_never_moves_champion(tracking, pooling_study):
 
 
 def test_compare_by_experiment_and_by_run_ids(tracking, pooling_study):
-    from pipelines.__main__ import cli
+    from pipelines.cli import cli
 
     r = pooling_study["resumed"]
-    ids = [t["run_id"] for t in r["trials"]]
+    ids = [t.run_id for t in r.trials]
     by_exp = CliRunner().invoke(cli, ["compare", "study-pooling"])
     assert by_exp.exit_code == 0, by_exp.output
     assert "compare run" in by_exp.output and "6 runs" in by_exp.output
@@ -222,11 +222,11 @@ def test_compare_by_experiment_and_by_run_ids(tracking, pooling_study):
     by_ids = CliRunner().invoke(cli, ["compare", ",".join(ids[:4]), "--no-log"])
     assert by_ids.exit_code == 0, by_ids.output
     assert "compare run" not in by_ids.output and "avg" not in by_ids.output  # 4 runs: stride and max only
-    parent = CliRunner().invoke(cli, ["compare", r["run_id"], "--no-log"])  # a study parent expands to its trials
+    parent = CliRunner().invoke(cli, ["compare", r.run_id, "--no-log"])  # a study parent expands to its trials
     assert parent.exit_code == 0 and "avg" in parent.output
 
     client = MlflowClient()
-    (cmp_run,) = client.search_runs([r["experiment_id"]], "tags.step = 'compare'")
+    (cmp_run,) = client.search_runs([r.experiment_id], "tags.step = 'compare'")
     assert cmp_run.info.status == "FINISHED"
     files = {f.path for f in client.list_artifacts(cmp_run.info.run_id, "comparison")}
     assert "comparison/summary.csv" in files
@@ -247,9 +247,9 @@ def test_study_on_ray_executor_and_rerun_reuses(tracking):
         first = run_study(plan, executor="ray", max_concurrent=2)
         again = run_study(plan, executor="ray", max_concurrent=2)
     client = MlflowClient()
-    trials = _trials(client, first["experiment_id"], first["run_id"])
+    trials = _trials(client, first.experiment_id, first.run_id)
     assert len(trials) == 2 and all(t.info.status == "FINISHED" for t in trials)
-    assert {t.data.tags["config"] for t in trials} == set(first["summary"]["config"])
-    assert not any(t["reused"] for t in first["trials"]) and all(t["reused"] for t in again["trials"])
-    assert again["run_id"] == first["run_id"] and not first["registered"]
-    assert not client.search_runs([first["experiment_id"]], "attributes.status = 'RUNNING'")
+    assert {t.data.tags["config"] for t in trials} == set(first.summary["config"])
+    assert not any(t.reused for t in first.trials) and all(t.reused for t in again.trials)
+    assert again.run_id == first.run_id and not first.registered
+    assert not client.search_runs([first.experiment_id], "attributes.status = 'RUNNING'")

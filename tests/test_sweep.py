@@ -1,4 +1,4 @@
-"""Sweeps (issue 5): Optuna + ASHA in-process, and one 2-trial sweep on Ray Tune against the test server."""
+"""Sweeps: Optuna + ASHA in-process, and one 2-trial sweep on Ray Tune against the test server."""
 
 from __future__ import annotations
 
@@ -42,8 +42,8 @@ def test_plan_and_trial_points():
 
 def test_pruned_trial_ends_finished_and_tagged(tracking):
     """A scheduler's stop (``Pruned`` from the epoch hook) ends the child FINISHED, tagged, nothing RUNNING."""
-    from pipelines.study import Pruned, run_trial
     from pipelines.sweep import plan_sweep, point_spec
+    from pipelines.trials import Pruned, run_trial
     from tracking import experiment_id_for, tracked_run
 
     plan = plan_sweep(epochs="3", num_samples="1")
@@ -64,24 +64,24 @@ def test_pruned_trial_ends_finished_and_tagged(tracking):
 
 def _check_sweep(result, n_trials: int):
     client = MlflowClient()
-    parent = client.get_run(result["run_id"])
+    parent = client.get_run(result.run_id)
     assert parent.info.status == "FINISHED" and parent.data.tags["step"] == "sweep"
     assert parent.data.params["sweep.search"] == "optuna-tpe" and parent.data.params["sweep.scheduler"].startswith(
         "asha"
     )
-    trials = client.search_runs([result["experiment_id"]], f"tags.mlflow.parentRunId = '{result['run_id']}'")
+    trials = client.search_runs([result.experiment_id], f"tags.mlflow.parentRunId = '{result.run_id}'")
     assert len(trials) == n_trials and all(t.info.status == "FINISHED" for t in trials)
-    assert not client.search_runs([result["experiment_id"]], "attributes.status = 'RUNNING'")
+    assert not client.search_runs([result.experiment_id], "attributes.status = 'RUNNING'")
     done = [t for t in trials if t.data.tags.get("early_stopped") != "true"]
     assert done, "ASHA never stops every trial: the first to reach a rung goes on"
     for t in done:
         assert {"test_accuracy", "final_val_acc", "train_seconds", "num_params"} <= set(t.data.metrics)
         assert t.data.params["val_fraction"] == "0.1"
-    df = result["trials"]
+    df = result.trials
     assert len(df) == n_trials and set(df["run_id"]) == {t.info.run_id for t in trials}
-    assert result["best"]["run_id"] == parent.data.tags["best_run_id"]
-    assert result["best"]["val_acc"] == max(df.loc[~df["pruned"], "val_acc"])
-    files = {f.path for f in client.list_artifacts(result["run_id"], "sweep")}
+    assert result.best["run_id"] == parent.data.tags["best_run_id"]
+    assert result.best["val_acc"] == max(df.loc[~df["pruned"], "val_acc"])
+    files = {f.path for f in client.list_artifacts(result.run_id, "sweep")}
     assert "sweep/trials.csv" in files
     return trials
 
@@ -108,4 +108,4 @@ def test_ray_sweep_end_to_end(tracking):
         assert not ray.is_initialized()  # shut down by run_sweep
     trials = _check_sweep(result, 2)
     assert {t.data.tags["sweep"] for t in trials} == {"sweep-pooling_cnn"}
-    assert MlflowClient().get_run(result["run_id"]).data.tags["executor"] == "ray"
+    assert MlflowClient().get_run(result.run_id).data.tags["executor"] == "ray"

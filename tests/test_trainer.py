@@ -40,7 +40,9 @@ def model(seed: int = 0):
 def train(tensors, recipe=RECIPE, **kw):
     x, y, xt, yt = tensors
     m = kw.pop("net", None) or model()
-    state = fit(m, x.float(), y, xt.float(), yt, recipe, seed=0, progress=False, **kw)
+    state = fit(
+        m, x_train=x.float(), y_train=y, x_test=xt.float(), y_test=yt, recipe=recipe, seed=0, progress=False, **kw
+    )
     return m, state
 
 

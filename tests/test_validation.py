@@ -66,7 +66,7 @@ def test_val_fraction_is_parsed_spelled_like_mlflow_run_and_missing_means_none()
 
 def test_fit_trains_on_the_rest_and_validates_on_the_holdout_and_the_test_set(digits):
     from pipelines import plots
-    from pipelines.train import build_model, fit_tensors
+    from pipelines.trained import build_model, fit_tensors
     from pipelines.trainer import fit, validate_classifier
 
     ds = digits
@@ -82,19 +82,7 @@ def test_fit_trains_on_the_rest_and_validates_on_the_holdout_and_the_test_set(di
         seen.setdefault(prefix, []).append(x.clone())
         return validate_classifier(model, x, y, batch_size, dtype, prefix)
 
-    state = fit(
-        model,
-        data["x_train"],
-        data["y_train"],
-        data["x_test"],
-        data["y_test"],
-        cfg.recipe(),
-        cfg.seed,
-        progress=False,
-        validate=recording,
-        x_val=data["x_val"],
-        y_val=data["y_val"],
-    )
+    state = fit(model, **data, recipe=cfg.recipe(), seed=cfg.seed, progress=False, validate=recording)
     assert _rows(torch.cat(trained)) == _rows(rest.x_train)  # every kept image, and only those
     assert not _rows(torch.cat(trained)) & (_rows(x_val) | _rows(ds.x_test))
     assert len(seen["val"]) == len(seen["test"]) == 2
@@ -112,7 +100,7 @@ def test_train_run_logs_val_on_the_holdout_test_on_the_test_set_and_old_runs_res
     import mlflow
 
     from pipelines import train
-    from pipelines.train import configs_from_run
+    from pipelines.trained import configs_from_run
     from pipelines.trainer import validate_classifier
 
     ds = digits
@@ -180,10 +168,10 @@ def test_sweep_selects_on_the_holdout_and_never_on_the_test_set(tracking, tmp_pa
             precision="fp32",
         )
         results[garbage] = run_sweep(plan, experiment=f"holdout-garbage-{garbage}", executor="local")
-    clean, noisy = (results[g]["trials"].sort_values("trial").reset_index(drop=True) for g in (False, True))
+    clean, noisy = (results[g].trials.sort_values("trial").reset_index(drop=True) for g in (False, True))
     columns = ["trial", "config", "pruned", "epochs_done", "val_acc"]
     assert clean[columns].equals(noisy[columns])  # the same points sampled, pruned and scored
-    best = {g: results[g]["best"] for g in (False, True)}
+    best = {g: results[g].best for g in (False, True)}
     assert best[False]["val_acc"] == best[True]["val_acc"]
     top = clean.loc[~clean["pruned"] & (clean["val_acc"] == best[False]["val_acc"]), "config"]
     assert best[False]["config"] in set(top) and best[True]["config"] in set(top)  # ties go to the faster one
@@ -205,8 +193,8 @@ def _curve(client, run_id: str, key: str) -> list[tuple[int, float]]:
 def test_compare_reads_test_curves_and_old_runs_test_curves_under_their_old_name(tracking):
     import mlflow
 
-    from pipelines.compare import histories
-    from tracking.runs import get_run_record
+    from pipelines.comparison import histories
+    from tracking.queries import get_run_record
 
     ids = {}
     for name, params, key in (

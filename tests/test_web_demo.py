@@ -1,4 +1,4 @@
-"""Issue 7: the browser demo — ``demo`` command + the static page with onnxruntime-web, in headless Chromium.
+"""The browser demo — ``demo`` command + the static page with onnxruntime-web, in headless Chromium.
 
 The browser test needs Debian's ``chromium`` + ``chromium-driver`` and ``selenium`` (pip); it skips with
 the reason when one is missing. onnxruntime-web must be vendored (``sh web/build.sh``; run here when npm
@@ -40,7 +40,7 @@ def demo_models(mlflow_server, cifar_dir, tmp_path_factory):
 
     from pipelines import export_onnx, train
     from pipelines.config import data_config, export_config, train_config
-    from pipelines.prep import load
+    from pipelines.trained import load_data as load
 
     tmp = tmp_path_factory.mktemp("demo-models")
     with pytest.MonkeyPatch.context() as mp:
@@ -52,8 +52,8 @@ def demo_models(mlflow_server, cifar_dir, tmp_path_factory):
         ds = load(data)
         # train -> export_onnx (the real steps, registry tags included); evaluate's reports are not needed here.
         for model, name in (("pooling_cnn", CNN), ("fcnet", FC)):
-            recipe = (model, "max", "2", "auto", "auto", "auto", "auto", "auto", "auto", "false", "0", "cpu", "fp32")
-            trained = train.run(data, train_config(*recipe, "1", "50"), dataset=ds, experiment="web-demo")
+            cfg = train_config(model=model, epochs="2", augment="false", device="cpu", precision="fp32")
+            trained = train.run(data, cfg, dataset=ds, experiment="web-demo")
             score = trained.state.history[-1]["test_acc"]
             export_onnx.run(trained.run_id, export_config(name, 1e-4), ds, trained.model, score, "web-demo")
     return {"cnn": f"models:/{CNN}@champion", "fc": f"models:/{FC}@champion"}
@@ -88,7 +88,7 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 def test_demo_cli_writes_folder(tracking, demo_models, tmp_path):
     import json
 
-    from pipelines.__main__ import cli
+    from pipelines.cli import cli
     from pipelines.modelcard import read as read_card
 
     _vendor_or_skip()

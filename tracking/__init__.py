@@ -4,6 +4,7 @@ Nothing outside this package imports mlflow's client API, so an MLflow upgrade t
 folder and the pipeline code reads as plain PyTorch.
 """
 
-from tracking.runs import RunKilled, TrackingError, active_run_id, configure, experiment_id_for, tracked_run
+from tracking.errors import RunKilled, TrackingError
+from tracking.runs import active_run_id, configure, experiment_id_for, tracked_run
 
 __all__ = ["RunKilled", "TrackingError", "active_run_id", "configure", "experiment_id_for", "tracked_run"]

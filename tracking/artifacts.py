@@ -12,6 +12,8 @@ import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
+from tracking.errors import TrackingError
+
 
 def log_json(obj, path: str) -> None:
     if _deferred_text(lambda: json.dumps(obj, indent=2), path):
@@ -40,7 +42,7 @@ def log_figure(fig, path: str) -> None:
 
 def log_file(local: str | Path, artifact_dir: str | None = None, run_id: str | None = None) -> None:
     """Upload a file; while the tracking server is known to be down, keep it for ``resync`` instead."""
-    from tracking.runs import defer_artifact, offline
+    from tracking.offline import defer_artifact, offline
 
     rid = run_id or (mlflow.active_run().info.run_id if mlflow.active_run() else None)
     if offline() and rid:
@@ -87,14 +89,9 @@ def download(run_id: str, artifact_path: str, dst: str | Path | None = None) -> 
     return safe_download(f"runs:/{run_id}/{artifact_path}", dst or tempfile.mkdtemp(prefix="artifact-"))
 
 
-# --- reliability (issue 8): offline deferral, downloads that stay inside their folder ---
-
-from tracking.runs import TrackingError  # noqa: E402
-
-
 def _deferred_text(make_text, path: str) -> bool:
     """While the server is known to be down, keep a text artifact of the active run for ``resync``."""
-    from tracking.runs import defer_text, offline
+    from tracking.offline import defer_text, offline
 
     run = mlflow.active_run()
     if not (offline() and run):

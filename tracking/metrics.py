@@ -95,7 +95,7 @@ class MetricLogger:
     def _send(self, batch: list[Metric]) -> tuple[int, str | None]:
         """Send ``batch`` in chunks: (values sent, why it stopped or None). Touches no logger state,
         so it can run on the sender thread; everything else happens on the caller's."""
-        from tracking.runs import server_reachable
+        from tracking.offline import server_reachable
 
         if not server_reachable():
             return 0, "no answer from /health"
@@ -116,13 +116,13 @@ class MetricLogger:
 
     def _settle(self, batch: list[Metric], sent: int, error: str | None) -> bool:
         """Record a send's outcome: unsent values back in front of the buffer, or the server back online."""
-        from tracking.runs import mark_online
+        from tracking.offline import mark_online
 
         if error:
             self._buffer[:0] = batch[sent:]
             return self._failed(error)
         if self._retry_at:
-            from tracking.runs import warn
+            from tracking.offline import warn
 
             warn(f"tracking server {mlflow.get_tracking_uri()} answers again: {sent} buffered metric values sent")
         self._retry_at, self._backoff_s = 0.0, RETRY_AFTER_S
@@ -130,7 +130,7 @@ class MetricLogger:
         return True
 
     def _failed(self, reason: str) -> bool:
-        from tracking.runs import RESYNC_HINT, mark_offline, warn
+        from tracking.offline import RESYNC_HINT, mark_offline, warn
 
         mark_offline(reason)
         self._retry_at = time.monotonic() + self._backoff_s

@@ -20,7 +20,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
-from tracking.runs import TrackingError
+from tracking.errors import TrackingError
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import unquote
 
-from tracking.runs import TrackingError
+from tracking.errors import TrackingError
 
 TMP_PREFIX = "_alembic_tmp_"  # Alembic's batch-migration copy of a table on SQLite
 INIT_COMMAND = "python -m pipelines init-store"

@@ -1,42 +1,39 @@
-"""Loss landscape of a trained network (SPEC S1; Li et al. 2018, arXiv:1712.09913). Pure computation.
+"""Loss landscape of a trained network (Li et al. 2018, arXiv:1712.09913). Pure computation.
 
 Directions
-    :func:`random_direction` reproduces the seed notebook's ``generate_theta`` exactly: one draw
+    :func:`random_direction` reproduces the reference notebook's ``generate_theta`` exactly: one draw
     ``np.random.normal(size=total)`` from the legacy MT19937 stream seeded with ``seed``, split over
     the trainable parameters in ``model.parameters()`` order and rescaled slice by slice so that each
     slice of the direction has the norm of the same slice of the parameter (``||p|| / ||r||``):
-    conv weights per 2-D kernel ``[out, in]`` (the seed sums the squares over the two kernel axes),
+    conv weights per 2-D kernel ``[out, in]`` (the notebook sums the squares over the two kernel axes),
     fc weights per row, biases as a whole vector. Buffers (e.g. ``Normalize`` mean/std) are never
     perturbed.
 
 Modes (every point is a linear combination ``c0*θ + c1*d1 + c2*d2``, see :func:`point_coefficients`)
-    ``seed``: the seeds' interpolation towards the random point: 1-D ``θ + α(d1 − θ)``;
+    ``seed``: the reference notebooks' interpolation towards the random point: 1-D ``θ + α(d1 − θ)``;
     2-D ``t = θ + α(d1 − θ)`` then ``t = t + β(d2 − t)``.
     ``li``: Li et al.: ``θ + α d1`` (1-D), ``θ + α d1 + β d2`` (2-D).
 
 Speed
-    The seeds reload a state_dict and loop a DataLoader for every point. Here the test set is one
+    The reference notebooks reload a state_dict and loop a DataLoader for every point. Here the test set is one
     tensor on the model's device, parameters are passed functionally (no state_dict loads), in eval
     mode under ``torch.inference_mode``, ``chunk`` points per forward pass:
 
     * the first layer of a ``nn.Sequential`` model (a conv or linear layer after parameter-free
       layers such as ``Normalize``) is linear in its weights, so its output is computed once for
       θ, d1 and d2 and each point's output is the same combination of those three tensors (exact;
-      it removes the first layer from every point, a fifth of the max/avg-pool CNN's time);
+      it removes the first layer from every point);
     * the rest runs as grouped convolutions / batched matmuls over the K stacked parameter sets
       (``method="grouped"``: a small interpreter for Sequential models of Conv2d, Linear,
       activations, pools, Flatten, Dropout, with in-place ReLU and a copy-free Flatten->Linear), or
       as ``torch.vmap`` over ``torch.func.functional_call`` (``method="vmap"``, any model).
-      ``"auto"`` takes grouped where it applies: on CPU it measured as fast as or faster than vmap
-      (vmap with K > 1 was up to 1.7x slower for the max-pool CNN), else vmap;
+      ``"auto"`` takes grouped where it applies (on CPU never slower than vmap), else vmap;
     * images go through in sub-batches so that K × images × the largest activation stays within a
       small budget: on CPU that keeps tensors in cache and avoids fresh page-faulting allocations,
       which cost more than the arithmetic for big activations.
 
-    On CPU the convolutions of 300 images are already compute-bound at one point per pass, so
-    ``chunk`` defaults to 1 there (batching points measured no faster) and the time per point is
-    close to the floor of the model's FLOPs (conv2 of the max/avg-pool CNN alone is 11 GFLOP per
-    point on 300 images); on CUDA points are batched 64 at a time.
+    On CPU the convolutions are already compute-bound at one point per pass, so ``chunk`` defaults
+    to 1 there; on CUDA points are batched 64 at a time. Measurements: bench/README.md.
 """
 
 from __future__ import annotations
@@ -60,9 +57,8 @@ Method = Literal["auto", "grouped", "vmap"]
 MODES: tuple[str, ...] = ("seed", "li")
 METHODS: tuple[str, ...] = ("auto", "grouped", "vmap")
 
-# Largest activation (K points × images × elements × bytes) per forward pass, and the default chunk.
-# CPU (2-core AVX2, 300 images): one point per pass measured as fast as 4 and faster than 8-16 (the
-# convs are already compute-bound); a 6 MiB budget was as fast as 12-40 MiB and faster than 0.5-2 MiB.
+# Largest activation (K points × images × elements × bytes) per forward pass, and the default chunk
+# (chosen by bench/bench_landscape.py; bench/README.md has the numbers).
 _ACT_BUDGET = {"cpu": 6 << 20, "cuda": 1 << 30}
 _CHUNK = {"cpu": 1, "cuda": 64}
 _HOIST_BUDGET = 1 << 30  # first-layer outputs for θ, d1, d2 over the whole test set, at most this many bytes
@@ -77,12 +73,12 @@ _SKIP = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d)
 
 
 def seed_alphas() -> np.ndarray:
-    """The seeds' 1-D axis: α from -1.5 to 1.495 in steps of 0.005 (600 points)."""
+    """The reference notebooks' 1-D axis: α from -1.5 to 1.495 in steps of 0.005 (600 points)."""
     return np.arange(-1500, 1500, 5) / 1000
 
 
 def seed_grid_axis(step: float = 0.05, limit: float = 1.5) -> np.ndarray:
-    """The seeds' 2-D axis ``np.arange(-150, 151, 5) / 100``: -1.5..1.5 step 0.05, 61 values (by default)."""
+    """The reference notebooks' 2-D axis ``np.arange(-150, 151, 5) / 100``: -1.5..1.5 step 0.05, 61 values."""
     n = int(round(limit / step))
     return np.round(np.arange(-n, n + 1) * step, 12)
 
@@ -96,7 +92,7 @@ def trainable_parameters(model: nn.Module) -> dict[str, Tensor]:
 
 
 def _slice_norm_ratio(p: np.ndarray, r: np.ndarray, normalization: str) -> np.ndarray | np.floating:
-    """``||p|| / ||r||`` per slice, with the seed's exact numpy expressions (float32 p, float64 r)."""
+    """``||p|| / ||r||`` per slice, with the reference notebook's exact numpy expressions (float32 p, float64 r)."""
     rank = r.ndim
     if normalization == "seed" and rank == 4:  # conv: per 2-D kernel [out, in]
         norm_r = np.sqrt((r**2).sum(axis=-1).sum(axis=-1))
@@ -118,11 +114,11 @@ def _slice_norm_ratio(p: np.ndarray, r: np.ndarray, normalization: str) -> np.nd
 def random_direction(
     model: nn.Module, seed: int, normalization: Literal["seed", "filter"] = "seed"
 ) -> dict[str, Tensor]:
-    """The seed's ``generate_theta(seed)``: a random direction with the parameters' slice norms.
+    """The reference notebook's ``generate_theta(seed)``: a random direction with the parameters' slice norms.
 
     Returns ``{name: tensor}`` over the trainable parameters, same dtype and device as each
     parameter (the float64 numpy values rounded once to the parameter dtype). ``normalization="seed"``
-    is the seed's rule (conv per 2-D kernel, fc per row, bias whole); ``"filter"`` normalises conv
+    is the reference notebook's rule (conv per 2-D kernel, fc per row, bias whole); ``"filter"`` normalises conv
     weights per output filter over all its input channels (Li et al.'s filter-wise normalisation).
     The global numpy RNG is left untouched (``RandomState(seed)`` gives the same stream as
     ``np.random.seed(seed); np.random.normal(...)``).
@@ -338,6 +334,47 @@ def _grouped_forward(modules: Sequence[nn.Module], h: Tensor, layout: str, p: di
 
 
 @torch.inference_mode()
+def _hoist(model: nn.Module, theta: dict[str, Tensor], x: Tensor, bases: list[dict[str, Tensor]]):
+    """The first layer's output for every base (θ, d1[, d2]) when the copies fit the memory budget: the
+    layer is linear in its parameters, so its output at any point is the same combination of these.
+    Returns (outputs or None, the rest of the model, the parameter names the rest uses)."""
+    prefix, first_key, first, tail = _split(model, list(theta))
+    names_tail = [n for n in theta if first_key is None or not n.startswith(f"{first_key}.")]
+    if first is None:
+        return None, tail, names_tail
+    inp = x
+    for m in prefix:
+        inp = m(inp)
+    local = [n for n, _ in first.named_parameters()]
+    probe = functional_call(first, {n: theta[f"{first_key}.{n}"] for n in local}, (inp[:1],))
+    fits = probe.numel() * len(x) * len(bases) * probe.element_size() <= _HOIST_BUDGET
+    if not (fits and probe.dim() == (2 if isinstance(first, nn.Linear) else probe.dim())):
+        return None, model, list(theta)  # too big to keep three copies (or a Linear on a non-flat input): no hoist
+    layout = torch.channels_last if probe.dim() == 4 else torch.contiguous_format
+    zs = [
+        functional_call(first, {n: b[f"{first_key}.{n}"] for n in local}, (inp,)).contiguous(memory_format=layout)
+        for b in bases
+    ]
+    return zs, tail, names_tail
+
+
+def _point_logits(method: str, modules, keys, tail, p, zs, xb: Tensor, coef: Tensor, s: int, batch: int):
+    """Logits [k, n, classes] of one batch at the chunk's k points, and the method that produced them
+    (``grouped`` falls back to ``vmap`` for good on a layer it does not handle)."""
+    k = len(coef)
+    if method == "grouped":
+        try:
+            if zs is not None:
+                h, layout = _as_grouped(_combine([z[s : s + batch] for z in zs], coef), k)
+            else:
+                h, layout = xb, "shared"
+            return _grouped_forward(modules, h, layout, p, keys, k), method
+        except _Unsupported:
+            method = "vmap"
+    inp = _as_vmapped(_combine([z[s : s + batch] for z in zs], coef)) if zs is not None else xb
+    return _vmapped_logits(tail, p, inp, zs is not None), method
+
+
 def _losses(
     model: nn.Module,
     x: Tensor | np.ndarray,
@@ -373,26 +410,7 @@ def _losses(
     was_training = model.training
     model.eval()
     try:
-        prefix, first_key, first, tail = _split(model, list(theta))
-        names_tail = [n for n in theta if first_key is None or not n.startswith(f"{first_key}.")]
-        zs = None
-        if first is not None:
-            inp = x
-            for m in prefix:
-                inp = m(inp)
-            local = [n for n, _ in first.named_parameters()]
-            probe = functional_call(first, {n: theta[f"{first_key}.{n}"] for n in local}, (inp[:1],))
-            fits = probe.numel() * n_img * len(bases) * probe.element_size() <= _HOIST_BUDGET
-            if fits and probe.dim() == (2 if isinstance(first, nn.Linear) else probe.dim()):
-                zs = [
-                    functional_call(first, {n: b[f"{first_key}.{n}"] for n in local}, (inp,)).contiguous(
-                        memory_format=torch.channels_last if probe.dim() == 4 else torch.contiguous_format
-                    )
-                    for b in bases
-                ]
-            else:
-                tail = model  # too big to keep three copies (or a Linear on a non-flat input): no hoist
-                names_tail = list(theta)
+        zs, tail, names_tail = _hoist(model, theta, x, bases)
         modules = list(tail._modules.values()) if isinstance(tail, nn.Sequential) else None
         keys = list(tail._modules) if isinstance(tail, nn.Sequential) else None
         if method == "auto":
@@ -419,18 +437,7 @@ def _losses(
                 }
                 for s in starts:
                     yb = y[s : s + batch]
-                    if method == "grouped":
-                        try:
-                            if zs is not None:
-                                h, layout = _as_grouped(_combine([z[s : s + batch] for z in zs], coef), k)
-                            else:
-                                h, layout = x[s : s + batch], "shared"
-                            logits = _grouped_forward(modules, h, layout, p, keys, k)
-                        except _Unsupported:
-                            method = "vmap"
-                    if method == "vmap":
-                        inp = _as_vmapped(_combine([z[s : s + batch] for z in zs], coef)) if zs is not None else None
-                        logits = _vmapped_logits(tail, p, inp if inp is not None else x[s : s + batch], zs is not None)
+                    logits, method = _point_logits(method, modules, keys, tail, p, zs, x[s : s + batch], coef, s, batch)
                     nb = logits.shape[1]
                     ce = F.cross_entropy(logits.reshape(k * nb, -1), yb.repeat(k), reduction="none")
                     sums[c0 : c0 + k] += ce.view(k, nb).sum(1, dtype=torch.float64)
@@ -495,7 +502,7 @@ def loss_grid(
     method: Method = "auto",
 ) -> np.ndarray:
     """Mean cross-entropy on (x, y) over the grid: float64 [len(alphas), len(betas)], ``Z[i, j]`` at
-    ``(alphas[i], betas[j])`` (the seeds' ``ZZ.reshape(size, size)`` with α the outer loop)."""
+    ``(alphas[i], betas[j])`` (the reference notebooks' ``ZZ.reshape(size, size)`` with α the outer loop)."""
     a = np.asarray(alphas, dtype=np.float64).reshape(-1)
     b = np.asarray(betas, dtype=np.float64).reshape(-1)
     aa, bb = np.meshgrid(a, b, indexing="ij")

@@ -1,4 +1,4 @@
-"""Analysis entry points (issue 6): each is an MLflow run of its own, tagged ``source_run_id``.
+"""Analysis entry points: each is an MLflow run of its own, tagged ``source_run_id``.
 
 ``landscape``   loss along random directions around a trained model (1-D curve, 2-D grid, 3-D surface),
                 computed by :mod:`pipelines.analysis.landscape` on the test split held as one tensor.
@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,8 @@ from pipelines.config import ConfigError
 from pipelines.plots import plt
 from tracking import TrackingError, experiment_id_for, tracked_run
 from tracking.artifacts import log_figure, log_file, log_json, log_table
-from tracking.runs import log_metrics, log_params, run_experiment_id, set_tags
+from tracking.queries import run_experiment_id
+from tracking.runs import log_metrics, log_params, set_tags
 
 VANISHING = 1e-7  # mean |grad| below this: the layer barely learns
 EXPLODING = 1e3  # grad norm above this: the layer's updates blow up
@@ -34,6 +36,24 @@ _ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Ta
 
 
 # ------------------------------------------------------------------------------------- shared
+
+
+@dataclass
+class AnalysisResult:
+    run_id: str
+    metrics: dict[str, float]
+
+
+@dataclass
+class GradientsResult:
+    run_id: str
+    flags: dict[str, list[str]]  # vanishing / exploding -> layer names
+
+
+@dataclass
+class InvarianceResult:
+    run_id: str
+    table: pd.DataFrame  # accuracy and agreement per model, axis and shift
 
 
 def resolve_train_run(model_ref: str) -> str:
@@ -54,12 +74,11 @@ def resolve_train_run(model_ref: str) -> str:
 
 def load_source(model_ref: str, device: torch.device | None = None):
     """(train run id, model in eval mode, model_config, data set) of a trained model."""
-    from pipelines.prep import load
-    from pipelines.train import configs_from_run, load_trained
+    from pipelines.trained import configs_from_run, load_data, load_trained
 
     rid = resolve_train_run(model_ref)
     model, config = load_trained(rid)
-    ds = load(configs_from_run(rid)[0])
+    ds = load_data(configs_from_run(rid)[0])
     return rid, model.to(device or "cpu").eval(), config, ds
 
 
@@ -85,7 +104,7 @@ def _axis(step: float, limit: float, cap: int | None) -> np.ndarray:
 
 
 def landscape_figures(alphas: np.ndarray, curve: np.ndarray, grid_axis: np.ndarray, z: np.ndarray) -> dict:
-    """The seed's three figures: 1-D curve (log CCE), 2-D contour (log10 CCE, 255 levels, jet), 3-D surface."""
+    """The reference notebook's figures: 1-D curve (log CCE), 2-D contour (log10 CCE, 255 levels, jet), 3-D surface."""
     figs = {}
     fig, ax = plt.subplots(figsize=(8, 6))
     ax.plot(alphas, curve)
@@ -127,8 +146,8 @@ def landscape(
     device: str = "auto",
     experiment: str | None = None,
     progress: bool = True,
-) -> tuple[str, dict]:
-    """Loss landscape of a trained model on its test split; returns (run id, metrics)."""
+) -> AnalysisResult:
+    """Loss landscape of a trained model on its test split."""
     from pipelines.analysis.landscape import MODES, loss_curve, loss_grid, random_direction, summarize
     from pipelines.device import pick_device
 
@@ -190,7 +209,7 @@ def landscape(
                 log_file(Path(tmp) / name, "landscape")
         for path, fig in landscape_figures(alphas, curve, grid_axis, z).items():
             log_figure(fig, path)
-    return rid, metrics
+    return AnalysisResult(rid, metrics)
 
 
 # ---------------------------------------------------------------------------------- gradients
@@ -273,7 +292,7 @@ def gradient_flow_figure(
 
 def gradients(
     data_cfg, cfg, source_run_id: str | None = None, experiment: str | None = None, progress: bool = True
-) -> tuple[str, dict[str, list[str]]]:
+) -> GradientsResult:
     """Train ``cfg`` on ``data_cfg`` recording gradient flow; returns (run id, flagged layers).
 
     The run also holds the model (``model/state_dict.pt`` + ``model/model_config.json``, like a train
@@ -282,42 +301,35 @@ def gradients(
     """
     from pipelines.config import as_params
     from pipelines.device import pick_device, pick_precision
-    from pipelines.prep import load
-    from pipelines.train import MODEL_CONFIG, build_model, checkpoint_dir, fit_tensors
-    from pipelines.trainer import fit
-    from tracking.metrics import MetricLogger
+    from pipelines.runner import place, training_run
+    from pipelines.trained import build_model, fit_tensors, load_data
 
-    ds = load(data_cfg)
+    ds = load_data(data_cfg)
     device = pick_device(cfg.device)
     precision = pick_precision(cfg.precision, device)
     model, model_config = build_model(cfg, ds)
-    model = model.to(device, memory_format=torch.channels_last)
+    model = place(model, device)
     data = fit_tensors(ds, cfg.val_fraction, cfg.seed, device)  # the validation holdout is never trained on
     exp = _experiment(experiment, source_run_id) if source_run_id else experiment_id_for(experiment)
-    with tracked_run(f"gradients-{cfg.tag()}", exp, system_metrics=cfg.system_metrics) as rid:
+    with training_run(f"gradients-{cfg.tag()}", exp, system_metrics=cfg.system_metrics) as session:
+        rid = session.run_id
         log_params({**as_params(data_cfg, cfg), "device_used": str(device), "precision_used": precision})
         set_tags({"step": "gradients", "source_run_id": source_run_id or rid, "model": cfg.model, "dataset": ds.name})
         recorder = GradientRecorder(model)
-        logger = MetricLogger(rid, local_path=checkpoint_dir(rid) / "metrics.jsonl")
         try:
-            state = fit(
+            state = session.fit(
                 model,
-                data["x_train"],
-                data["y_train"],
-                data["x_test"],
-                data["y_test"],
+                data,
                 cfg.recipe(),
-                cfg.seed,
-                precision,
-                cfg.eval_every,
-                on_epoch=lambda epoch, metrics: logger.log({**metrics, **recorder.epoch_end()}, epoch),
+                seed=cfg.seed,
+                precision=precision,
+                eval_every=cfg.eval_every,
+                checkpoints=False,
                 progress=progress,
-                x_val=data.get("x_val"),
-                y_val=data.get("y_val"),
+                extra_metrics=lambda _epoch: recorder.epoch_end(),
             )
         finally:
             recorder.remove()
-            logger.flush(force=True)
         flags = recorder.flags()
         log_metrics(
             {
@@ -338,11 +350,8 @@ def gradients(
             "gradients/gradient_flow.png",
         )
         log_json(recorder.history, "gradients/history.json")
-        with tempfile.TemporaryDirectory() as tmp:
-            torch.save(model.state_dict(), Path(tmp) / "state_dict.pt")
-            log_file(Path(tmp) / "state_dict.pt", "model")
-        log_json(model_config, MODEL_CONFIG)
-    return rid, flags
+        session.log_trained(model, model_config, state, metrics=False)
+    return GradientsResult(rid, flags)
 
 
 # ----------------------------------------------------------------------------------- features
@@ -390,9 +399,7 @@ def conv_outputs(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
     return outs
 
 
-def features(
-    model_ref: str, n_images: int = 4, max_maps: int = 32, experiment: str | None = None
-) -> tuple[str, dict[str, float]]:
+def features(model_ref: str, n_images: int = 4, max_maps: int = 32, experiment: str | None = None) -> AnalysisResult:
     """First-layer filters and activations, and the feature maps of every conv layer, as image grids."""
     src, model, config, ds = load_source(model_ref)
     convs = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
@@ -429,7 +436,7 @@ def features(
             metrics[f"act_mean/{name}"] = float(maps.mean())
             metrics[f"dead_fraction/{name}"] = float((maps.reshape(len(maps), maps.shape[1], -1).max(2)[0] <= 0).mean())
         log_metrics(metrics)
-    return rid, metrics
+    return AnalysisResult(rid, metrics)
 
 
 # --------------------------------------------------------------------------------- invariance
@@ -481,9 +488,7 @@ def invariance_figure(df: pd.DataFrame):
     return fig
 
 
-def invariance(
-    fc_ref: str, cnn_ref: str, max_shift: int = 8, experiment: str | None = None
-) -> tuple[str, pd.DataFrame]:
+def invariance(fc_ref: str, cnn_ref: str, max_shift: int = 8, experiment: str | None = None) -> InvarianceResult:
     """FC model vs CNN under horizontal/vertical shifts of 0..max_shift px on the CNN's test split."""
     fc_id, fc, fc_cfg, _ = load_source(fc_ref)
     cnn_id, cnn, cnn_cfg, ds = load_source(cnn_ref)
@@ -516,4 +521,4 @@ def invariance(
         log_metrics({f"{r.model}_{r.axis}_accuracy_at_max": r.accuracy for r in last.itertuples()})
         log_table(df, "invariance/shift_table.json")
         log_figure(invariance_figure(df), "invariance/shift_invariance.png")
-    return rid, df
+    return InvarianceResult(rid, df)

@@ -130,6 +130,7 @@ def _module(name: str):
 
 
 DATASETS = _MODULES
+TASKS = ("binary", "multiclass")  # segmentation tasks (pipelines.data.segmentation)
 
 
 def default_classes(name: str) -> list[int]:

@@ -33,10 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.data import DataError
+from pipelines.data import TASKS, DataError
 
 NAME = "segdigits"
-TASKS = ("binary", "multiclass")
 DIGIT_NAMES = [f"digit {d}" for d in range(10)]  # class d + 1
 GENERATOR_VERSION = 1  # bump when the generator changes: old cache files are then not reused
 SCALES = (2, 3, 4)  # 8x8 digit -> 16, 24, 32 px

@@ -1,4 +1,9 @@
-"""Claim vs measured value: the verdict rules and the report (Markdown + self-contained HTML)."""
+"""Claims vs our runs: the verdict rules and the report (Markdown + self-contained HTML).
+
+Value claims (one reference number) and ordering claims (which configuration is above which) are
+judged with ``pipelines.reproduce.stats``: seed-to-seed spread plus the binomial error of the
+test sets, never a fixed tolerance alone.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +13,28 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from pipelines.reproduce.claims import ACCURACY_METRICS, Claim
+from pipelines.reproduce import stats
+from pipelines.reproduce.claims import ACCURACY_METRICS, Claim, Ordering
 
-VERDICTS = ("reproduced", "better", "worse", "mismatch", "ratio", "not comparable", "not run")
+VERDICTS = ("reproduced", "better", "worse", "not distinguishable", "mismatch", "ratio", "not comparable", "not run")
+ORDER_VERDICTS = ("reproduced", "reversed", "not distinguishable", "not comparable", "not run")
 RULES = (
-    "accuracy: reproduced when |ours - seed| <= the experiment's tolerance (mean over our seeds), else better/worse; "
-    "compared only on real data at --scale full",
+    "accuracy: reproduced when the reference lies within our mean ± t_0.975 sqrt(s²(1 + 1/n) + p(1-p)/N_ref) "
+    "(s = our seed-to-seed std over n seeds, N_ref = the reference's test images), else better/worse; "
+    "with one seed: reproduced only within the binomial part, else not distinguishable; "
+    "compared only on real, full data at --scale full (a subset's accuracies are labelled, not compared)",
     "parameter counts: must match exactly (checked without training), else mismatch",
     "times: ours / seed per epoch as a ratio with both machines named, never pass/fail",
+)
+ORDER_RULES = (
+    f"A above B: Welch's one-sided t-test on the per-seed values, alpha {stats.ALPHA}, with the binomial variance "
+    "p(1-p)/N of our test set added to each side's variance of the mean for accuracy metrics (test accuracy, "
+    "overfit gap); reproduced when p < alpha, reversed when the opposite direction has p < alpha, else not "
+    f"distinguishable, with the seeds per configuration needed at the observed spread and difference "
+    f"(power {1 - stats.BETA:g}; ∞ = never at this test-set size)",
+    "best/worst of k and rankings decompose into pairs: reproduced when every pair is (largest p shown), reversed "
+    "when a pair is reversed at alpha / pairs",
+    "compared on real data (a subset too) at --scale full with 2 or more seeds",
 )
 
 
@@ -25,6 +44,7 @@ class DataUsed:
     description: str  # what was loaded and why it counts as real or not (report header)
     dataset: str  # the data set actually trained on
     label: str = ""  # a few words for the table's data column
+    subset: str = ""  # a known real copy that is a subset: accuracies labelled, not compared
 
 
 @dataclass
@@ -63,7 +83,7 @@ def judge(
     *,
     data: DataUsed | None,
     scale: str,
-    tolerance: float,
+    tolerance: float | None = None,  # no longer decides: kept so existing callers need not change
     seed_epochs: int,
     our_epochs: int,
     hardware: tuple[str, str],  # (the seed's, ours)
@@ -89,16 +109,19 @@ def judge(
         row.verdict, row.detail = "not comparable", f"stand-in data ({data.dataset}): never compared with a seed value"
         return row
     if claim.metric in ACCURACY_METRICS:
+        if data is not None and data.subset:
+            row.verdict = "not comparable"
+            row.detail = f"{data.subset}: the notebook trained on the full data set; orderings are checked instead"
+            return row
         diff = ours.mean - claim.seed
         row.extra["diff"] = diff
         if scale != "full":
             row.verdict = "not comparable"
             row.detail = f"quick scale: {our_epochs} of the seed's {seed_epochs} epochs"
-        elif abs(diff) <= tolerance:
-            row.verdict, row.detail = "reproduced", f"|diff| <= {tolerance:g}"
-        else:
-            row.verdict = "better" if diff > 0 else "worse"
-            row.detail = f"diff {diff:+.4f} beyond ±{tolerance:g}"
+            return row
+        check = stats.check_value(claim.seed, stats.Sample(ours.mean, ours.std, ours.n), claim.reference_test_images)
+        row.verdict, row.detail = check.verdict, check.note
+        row.extra["half_width"] = check.half_width
         return row
     # time: per epoch, both machines named
     seed_per_epoch = claim.seed / seed_epochs
@@ -110,7 +133,111 @@ def judge(
         f"ours {ours_per_epoch:.3g} s/epoch on {hardware[1]} = {ratio:.2f}x the seed's {seed_per_epoch:.3g} s/epoch "
         f"on {hardware[0]}"
     )
+    if data is not None and data.subset:
+        row.detail += f"; ours on the {data.subset}"
     return row
+
+
+@dataclass
+class OrderRow:
+    """One ordering claim judged on our per-seed values."""
+
+    ordering: Ordering
+    samples: dict[str, stats.Sample]  # config -> our values over seeds
+    verdict: str
+    detail: str
+    data: DataUsed | None = None
+    scale: str = ""
+    p: float = math.nan  # largest one-sided pairwise p-value
+    seeds_needed: float = math.nan  # per configuration, when not distinguishable; inf = never
+    comparisons: tuple[stats.Comparison, ...] = ()
+
+    @property
+    def stand_in(self) -> bool:
+        return self.data is not None and self.data.kind != "real"
+
+    def as_dict(self) -> dict:
+        d = {"id": self.ordering.id, **asdict(self.ordering), "verdict": self.verdict, "detail": self.detail}
+        d["ours"] = {k: asdict(v) for k, v in self.samples.items()}
+        d["p"] = _nan_none(self.p)
+        d["seeds_needed"] = None if math.isnan(self.seeds_needed) else stats.seeds_text(self.seeds_needed)
+        d["pairs"] = [_pair_dict(c) for c in self.comparisons]
+        d["data"] = asdict(self.data) if self.data else None
+        d["stand_in"] = self.stand_in
+        d["scale"] = self.scale
+        return d
+
+
+def _nan_none(x: float):
+    return None if math.isnan(x) else x
+
+
+def _pair_dict(c: stats.Comparison) -> dict:
+    need = None if math.isnan(c.seeds_needed) else stats.seeds_text(c.seeds_needed)
+    return {"above": c.above, "below": c.below, "diff": c.diff, "p": _nan_none(c.p), "verdict": c.verdict,
+            "seeds_needed": need}  # fmt: skip
+
+
+def ordering_samples(summary, metric: str, test_images: int | None) -> dict[str, stats.Sample]:
+    """Per config of a study summary: our mean, std and n on ``metric``; for metrics measured on the test
+    set (test accuracy, overfit gap) the binomial variance of the test accuracy on ``test_images``."""
+    out = {}
+    for _, r in summary.iterrows():
+        binom = 0.0
+        if metric in ("test_accuracy", "overfit_gap"):
+            binom = stats.binomial_var(float(r["test_accuracy_mean"]), test_images)
+        out[str(r["config"])] = stats.Sample(
+            float(r[f"{metric}_mean"]), float(r[f"{metric}_std"]), float(r["n"]), binom
+        )
+    return out
+
+
+def judge_ordering(
+    o: Ordering, samples: dict[str, stats.Sample] | None, *, data: DataUsed | None, scale: str, configs: list[str]
+) -> OrderRow:
+    """One ordering claim's verdict by ``ORDER_RULES``; ``configs`` = every config of its experiment."""
+    row = OrderRow(o, samples or {}, "", "", data, scale)
+    if not o.comparable:
+        row.verdict, row.detail = "not comparable", o.why
+        return row
+    pairs = o.pairs(configs)
+    needed = {x for pair in pairs for x in pair if isinstance(x, str)}
+    if samples is None or any(c not in samples or math.isnan(samples[c].mean) for c in needed):
+        row.verdict = "not run"
+        row.detail = data.description if data is not None and data.kind == "missing" else "no result"
+        return row
+    if row.stand_in:
+        row.verdict, row.detail = "not comparable", f"stand-in data ({data.dataset}): says nothing about the notebook"
+        return row
+    if scale != "full":
+        row.verdict, row.detail = "not comparable", "quick scale: fewer epochs than the notebook, checked at full scale"
+        return row
+
+    def side(x):
+        return stats.Sample.constant(x) if isinstance(x, float) else samples[x]
+
+    comps = [stats.compare(str(a), side(a), str(b), side(b)) for a, b in pairs]
+    combined = stats.combine(comps)
+    row.comparisons, row.p, row.seeds_needed = tuple(comps), combined.p, combined.seeds_needed
+    row.verdict = combined.verdict
+    seeds = sorted({int(s.n) for s in samples.values() if not math.isinf(s.n)})
+    with_n = f"with {'/'.join(map(str, seeds))} seed(s)" if combined.verdict == stats.UNCLEAR else ""
+    row.detail = "; ".join(x for x in (with_n, combined.note, "; ".join(c.text() for c in comps)) if x)
+    return row
+
+
+def judge_orderings(book, summaries: dict, data_used: dict, scale: str, loaded: dict) -> list[OrderRow]:
+    """Every ordering claim of ``book`` (a ``Claims``) against the study summaries; ``loaded`` maps each
+    experiment to the data set it trained on (its test-set size gives the binomial error)."""
+    rows = []
+    for o in book.orderings:
+        ds = loaded.get(o.experiment)
+        test_images = len(ds.y_test) if ds is not None else None
+        summary = summaries.get(o.experiment)
+        samples = ordering_samples(summary, o.metric, test_images) if summary is not None and o.comparable else None
+        configs = list(book.experiments[o.experiment].configs)
+        rows.append(judge_ordering(o, samples, data=data_used.get(o.experiment), scale=scale, configs=configs))
+    return rows
 
 
 def _fmt(metric: str, value: float) -> str:
@@ -171,7 +298,58 @@ def counts(rows: list[Row]) -> dict[str, int]:
     return {v: sum(r.verdict == v for r in rows) for v in VERDICTS if any(r.verdict == v for r in rows)}
 
 
-def markdown(rows: list[Row], header: dict[str, str], figures: dict[str, list[Path]], base: Path) -> str:
+ORDER_COLUMNS = (
+    "claim",
+    "source",
+    "statement",
+    "ours (mean ± std over seeds)",
+    "verdict",
+    "p",
+    "seeds needed",
+    "why",
+    "data",
+)
+
+
+def order_counts(rows: list[OrderRow]) -> dict[str, int]:
+    return {v: sum(r.verdict == v for r in rows) for v in ORDER_VERDICTS if any(r.verdict == v for r in rows)}
+
+
+def _order_cells(row: OrderRow) -> list[str]:
+    o = row.ordering
+    fmt = "{:.1f}" if o.metric == "train_seconds" else "{:.4f}"
+    ours = "; ".join(f"{c} {s.text(fmt)}" for c, s in row.samples.items() if c in _named(row)) or "—"
+    p = "" if math.isnan(row.p) else f"{row.p:.3g}"
+    need = (
+        stats.seeds_text(row.seeds_needed) if row.verdict == stats.UNCLEAR and not math.isnan(row.seeds_needed) else ""
+    )
+    data = (
+        ""
+        if row.data is None
+        else ("" if row.data.kind == "real" else "STAND-IN: ") + (row.data.label or row.data.dataset)
+    )
+    return [o.id, o.source, f"{o.statement} ({o.metric})", ours, row.verdict, p, need, row.detail, data]
+
+
+def _named(row: OrderRow) -> set[str]:
+    """The configs a row's comparisons involve (all of them for highest/lowest)."""
+    return {x for c in row.comparisons for x in (c.above, c.below)} or set(row.ordering.configs)
+
+
+def document(rows: list[Row], header: dict, orderings: list[OrderRow] = ()) -> dict:
+    """The report as JSON-ready data (report.json)."""
+    return {
+        "header": header,
+        "counts": counts(rows),
+        "rows": [r.as_dict() for r in rows],
+        "ordering_counts": order_counts(list(orderings)),
+        "orderings": [r.as_dict() for r in orderings],
+    }
+
+
+def markdown(
+    rows: list[Row], header: dict[str, str], figures: dict[str, list[Path]], base: Path, orderings: list[OrderRow] = ()
+) -> str:
     esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
     lines = [f"# {header['title']}", ""]
     if header.get("banner"):
@@ -185,6 +363,15 @@ def markdown(rows: list[Row], header: dict[str, str], figures: dict[str, list[Pa
         if row.stand_in:
             cells[-1] = f"**{cells[-1]}**"  # Markdown has no colour: bold + the STAND-IN prefix
         lines.append("| " + " | ".join(cells) + " |")
+    if orderings:
+        lines += ["", "## Orderings (the notebooks' conclusions)", "", "Rules: " + "; ".join(ORDER_RULES) + ".", ""]
+        lines += ["Verdicts: " + ", ".join(f"{k} {v}" for k, v in order_counts(list(orderings)).items()), ""]
+        lines += ["| " + " | ".join(ORDER_COLUMNS) + " |", "|" + "---|" * len(ORDER_COLUMNS)]
+        for row in orderings:
+            cells = [esc(x) for x in _order_cells(row)]
+            if row.stand_in:
+                cells[-1] = f"**{cells[-1]}**"
+            lines.append("| " + " | ".join(cells) + " |")
     for exp, paths in figures.items():
         lines += ["", f"## {exp}", ""]
         lines += [f"![{exp} {p.stem}]({p.relative_to(base).as_posix()})" for p in paths]
@@ -198,11 +385,14 @@ th{background:#eee}.banner{background:#fff3cd;border:1px solid #e0c060;padding:8
 .standin{background:#f8d7da;color:#8b0000;font-weight:bold}
 .reproduced{background:#d4edda}.better{background:#cce5ff}.worse,.mismatch{background:#f8d7da}
 .ratio{background:#eef}.notcomparable,.notrun{background:#f4f4f4;color:#555}
+.reversed{background:#f8d7da}.notdistinguishable{background:#fff3cd}
 img{max-width:100%;margin:6px 0}
 """
 
 
-def html_page(rows: list[Row], header: dict[str, str], figures: dict[str, list[Path]]) -> str:
+def html_page(
+    rows: list[Row], header: dict[str, str], figures: dict[str, list[Path]], orderings: list[OrderRow] = ()
+) -> str:
     """One self-contained page: styles inline, figures as data: URIs."""
     e = html.escape
     out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(header['title'])}</title>"]
@@ -222,6 +412,21 @@ def html_page(rows: list[Row], header: dict[str, str], figures: dict[str, list[P
             tds[-1] = f"<td class='standin'>{e(cells[-1])}</td>"
         out.append(f"<tr id='{e(row.claim.id)}'>" + "".join(tds) + "</tr>")
     out.append("</table>")
+    if orderings:
+        out.append("<h2>Orderings (the notebooks' conclusions)</h2>")
+        out.append("<p>Rules: " + "; ".join(e(r) for r in ORDER_RULES) + ".</p>")
+        out.append(
+            "<p>Verdicts: " + ", ".join(f"{e(k)} {v}" for k, v in order_counts(list(orderings)).items()) + "</p>"
+        )
+        out.append("<table><tr>" + "".join(f"<th>{e(c)}</th>" for c in ORDER_COLUMNS) + "</tr>")
+        for row in orderings:
+            cells = _order_cells(row)
+            tds = [f"<td>{e(x)}</td>" for x in cells]
+            tds[4] = f"<td class='{row.verdict.replace(' ', '')}'>{e(cells[4])}</td>"
+            if row.stand_in:
+                tds[-1] = f"<td class='standin'>{e(cells[-1])}</td>"
+            out.append(f"<tr id='{e(row.ordering.id)}'>" + "".join(tds) + "</tr>")
+        out.append("</table>")
     for exp, paths in figures.items():
         out.append(f"<h2>{e(exp)}</h2>")
         for p in paths:

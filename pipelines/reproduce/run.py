@@ -23,6 +23,7 @@ import os
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -30,12 +31,24 @@ import torch
 
 from models import count_params as count_trainable
 from models import create_model
-from pipelines import prep
 from pipelines.config import AUTO, DataConfig, data_config, parse_choice
 from pipelines.data import DataError, Dataset
 from pipelines.reproduce.claims import IMAGE_SHAPES, Claims, Experiment, load_claims
-from pipelines.reproduce.report import DataUsed, Measured, Row, counts, html_page, judge, markdown
-from pipelines.study import SCALES, Variant, parse_seeds, plan_study, run_study
+from pipelines.reproduce.report import (
+    DataUsed,
+    Measured,
+    OrderRow,
+    Row,
+    counts,
+    document,
+    html_page,
+    judge,
+    judge_orderings,
+    markdown,
+    order_counts,
+)
+from pipelines.trained import load_data
+from pipelines.trials import make_train_cfg
 from tracking import experiment_id_for, tracked_run
 from tracking.artifacts import download, log_file
 from tracking.env import cpu_name
@@ -67,10 +80,15 @@ def provenance(ds: Dataset, wanted: str, real_copies: dict[str, dict[str, str]])
         return DataUsed("stand-in", f"{ds.name} instead of {wanted}", ds.name, f"{ds.name} for {wanted}")
     if not ds.warnings:
         return DataUsed("real", f"{wanted}, official files (checksums match) in {ds.source}", ds.name, "real, official")
-    known = real_copies.get(ds.name, {})
+    from pipelines.reproduce.claims import SUBSET_KEY  # provenance-only: a subset copy's label
+
+    known = dict(real_copies.get(ds.name, {}))
+    subset = known.pop(SUBSET_KEY, "")  # not a file: what a subset copy holds; its accuracies are labelled so
     folder = Path(ds.source)
     if known and all((folder / f).is_file() and _sha256(folder / f) == h for f, h in known.items()):
         note = f"{wanted}, known real copy (sha256 of {', '.join(known)} match) in {folder}"
+        if subset:
+            return DataUsed("real", f"{note}; {subset}", ds.name, f"real {subset}", subset=subset)
         return DataUsed("real", note, ds.name, "real, known copy")
     return DataUsed(
         "stand-in",
@@ -81,8 +99,6 @@ def provenance(ds: Dataset, wanted: str, real_copies: dict[str, dict[str, str]])
 
 
 def _build(exp: Experiment, label: str, num_classes: int, in_shape: tuple[int, int, int]) -> torch.nn.Module:
-    from pipelines.study import make_train_cfg
-
     model, options = exp.variant_options(label)
     channels = in_shape[2]
     return create_model(
@@ -112,13 +128,13 @@ def resolve_data(
     it loads, else the stand-in (or none)."""
     cfg = data_config(exp.dataset, data_dir, exp.classes)
     try:
-        ds = prep.load(cfg)
+        ds = load_data(cfg)
         used = provenance(ds, exp.dataset, real_copies)
     except DataError as e:
         if stand_in == "none":
             return None, DataUsed("missing", f"{exp.dataset} not available ({e})", exp.dataset, "not available"), None
         cfg = data_config(stand_in, "", "default")
-        ds = prep.load(cfg)
+        ds = load_data(cfg)
         note = f"sklearn {stand_in} instead of {exp.dataset} (not available: {e})"
         used = DataUsed("stand-in", note, stand_in, f"{stand_in} for {exp.dataset}")
     why = _fits(exp, ds)
@@ -161,7 +177,9 @@ def _our_hardware(device: str, precision: str) -> str:
     return f"{cpu_name()} CPU, {torch.get_num_threads()} threads ({prec})"
 
 
-def _write_report(out_dir: Path, rows: list[Row], header: dict, figure_runs: dict[str, str]) -> Path:
+def _write_report(
+    out_dir: Path, rows: list[Row], header: dict, figure_runs: dict[str, str], orderings: list[OrderRow]
+) -> Path:
     """Write report.md/.html/.json + figures into a staging folder, then swap it in (never half-written)."""
     out_dir = out_dir.resolve()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -175,10 +193,9 @@ def _write_report(out_dir: Path, rows: list[Row], header: dict, figure_runs: dic
                 except Exception:  # noqa: BLE001 - a study without that figure: the table still stands
                     continue
                 figures.setdefault(exp, []).append(got)
-        (stage / "report.md").write_text(markdown(rows, header, figures, stage))
-        (stage / "report.html").write_text(html_page(rows, header, figures))
-        doc = {"header": header, "counts": counts(rows), "rows": [r.as_dict() for r in rows]}
-        (stage / "report.json").write_text(json.dumps(doc, indent=2, default=str))
+        (stage / "report.md").write_text(markdown(rows, header, figures, stage, orderings))
+        (stage / "report.html").write_text(html_page(rows, header, figures, orderings))
+        (stage / "report.json").write_text(json.dumps(document(rows, header, orderings), indent=2, default=str))
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
@@ -188,26 +205,11 @@ def _write_report(out_dir: Path, rows: list[Row], header: dict, figure_runs: dic
     return out_dir
 
 
-def run(
-    only: str = "all",
-    scale: str = "quick",
-    seeds: str = AUTO,
-    data_dir: str = "",
-    stand_in: str = "digits",
-    out: str = "",
-    experiment: str | None = None,
-    device: str = AUTO,
-    precision: str = AUTO,
-    claims: Claims | None = None,
-) -> dict:
-    """Run the selected experiments and write the report; returns paths, rows and the parent run id."""
-    scale = parse_choice("scale", scale, SCALES)
-    stand_in = parse_choice("stand_in", stand_in, STAND_INS)
-    seed_text = SEEDS[scale] if str(seeds).strip().lower() in ("", AUTO) else str(seeds)
-    parse_seeds(seed_text)
-    book = (claims or load_claims()).select(only)
-    out_dir = Path(out or f"reports/reproduce-{scale}")
-    # Everything is checked (and every data set located) before any run exists.
+def _plan_studies(book: Claims, scale: str, seed_text: str, data_dir: str, stand_in: str, device: str, precision: str):
+    """One study plan per experiment that has something to train, with the data it will use; every
+    data set is located and every value checked here, before any run exists."""
+    from pipelines.study import Variant, plan_study  # reproduce runs the experiments as studies
+
     plans, data_used, loaded = {}, {}, {}
     for name, exp in book.experiments.items():
         if not any(c.experiment == name and c.metric != "num_params" for c in book.claims):
@@ -229,6 +231,84 @@ def run(
             precision=precision,
             variants=variants,
         )
+    return plans, data_used, loaded
+
+
+def _rows(book: Claims, summaries: dict, data_used: dict, scale: str, hardware: str) -> list[Row]:
+    """One judged row per claim: the reference value against ours."""
+    rows = []
+    for c in book.claims:
+        exp = book.experiments[c.experiment]
+        if c.metric == "num_params":
+            ours = Measured(float(count_params(exp, c.config)), 0.0, 1)
+        else:
+            ours = _measured(summaries[c.experiment], c.config, c.metric) if c.experiment in summaries else None
+        row = judge(
+            c,
+            ours,
+            data=data_used.get(c.experiment),
+            scale=scale,
+            tolerance=c.tolerance if c.tolerance is not None else exp.tolerance,
+            seed_epochs=exp.epochs,
+            our_epochs=exp.epochs if scale == "full" else exp.quick_epochs,
+            hardware=(exp.hardware, hardware),
+        )
+        if ours is not None and math.isnan(ours.mean):
+            row.ours = None
+        rows.append(row)
+    return rows
+
+
+def _header(book: Claims, scale: str, seed_text: str, hardware: str, data_used: dict, parent_id: str) -> dict:
+    return {
+        "title": f"Reproduction of the seed claims ({scale} scale)",
+        "banner": (
+            "QUICK SCALE: fewer epochs and one seed; accuracies are not compared with the seeds' values."
+            if scale == "quick"
+            else ""
+        ),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "experiments": ", ".join(book.experiments),
+        "seeds": seed_text,
+        "our hardware": hardware,
+        "seed hardware": "; ".join(sorted({e.hardware for e in book.experiments.values()})),
+        "data": _data_summary(data_used),
+        "mlflow run": parent_id,
+    }
+
+
+@dataclass
+class ReproduceResult:
+    run_id: str
+    out_dir: Path
+    rows: list[Row]
+    counts: dict[str, int]
+    study_runs: dict[str, str]  # experiment -> its study's run id
+    orderings: list[OrderRow]  # the reference notebooks' ordering and direction claims, judged
+
+
+def run(
+    only: str = "all",
+    scale: str = "quick",
+    seeds: str = AUTO,
+    data_dir: str = "",
+    stand_in: str = "digits",
+    out: str = "",
+    experiment: str | None = None,
+    device: str = AUTO,
+    precision: str = AUTO,
+    claims: Claims | None = None,
+) -> ReproduceResult:
+    """Run the selected experiments and write the report; returns paths, rows and the parent run id."""
+    from pipelines.study import SCALES, parse_seeds, run_study  # reproduce runs the experiments as studies
+
+    scale = parse_choice("scale", scale, SCALES)
+    stand_in = parse_choice("stand_in", stand_in, STAND_INS)
+    seed_text = SEEDS[scale] if str(seeds).strip().lower() in ("", AUTO) else str(seeds)
+    parse_seeds(seed_text)
+    book = (claims or load_claims()).select(only)
+    out_dir = Path(out or f"reports/reproduce-{scale}")
+    plans, data_used, loaded = _plan_studies(book, scale, seed_text, data_dir, stand_in, device, precision)
     hardware = _our_hardware(device, precision)
     t0 = time.perf_counter()
     exp_id = experiment_id_for(experiment or "reproduce")
@@ -246,50 +326,21 @@ def run(
         summaries, study_runs = {}, {}
         for name, plan in plans.items():
             r = run_study(plan, within_run=parent_id, dataset=loaded[name])
-            summaries[name], study_runs[name] = r["summary"], r["run_id"]
-        rows = []
-        for c in book.claims:
-            exp = book.experiments[c.experiment]
-            if c.metric == "num_params":
-                ours = Measured(float(count_params(exp, c.config)), 0.0, 1)
-            else:
-                ours = _measured(summaries[c.experiment], c.config, c.metric) if c.experiment in summaries else None
-            row = judge(
-                c,
-                ours,
-                data=data_used.get(c.experiment),
-                scale=scale,
-                tolerance=c.tolerance if c.tolerance is not None else exp.tolerance,
-                seed_epochs=exp.epochs,
-                our_epochs=exp.epochs if scale == "full" else exp.quick_epochs,
-                hardware=(exp.hardware, hardware),
-            )
-            if ours is not None and math.isnan(ours.mean):
-                row.ours = None
-            rows.append(row)
-        header = {
-            "title": f"Reproduction of the seed claims ({scale} scale)",
-            "banner": (
-                "QUICK SCALE: fewer epochs and one seed; accuracies are not compared with the seeds' values."
-                if scale == "quick"
-                else ""
-            ),
-            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "experiments": ", ".join(book.experiments),
-            "seeds": seed_text,
-            "our hardware": hardware,
-            "seed hardware": "; ".join(sorted({e.hardware for e in book.experiments.values()})),
-            "data": _data_summary(data_used),
-            "mlflow run": parent_id,
-        }
-        path = _write_report(out_dir, rows, header, study_runs)
+            summaries[name], study_runs[name] = r.summary, r.run_id
+        rows = _rows(book, summaries, data_used, scale, hardware)
+        orderings = judge_orderings(book, summaries, data_used, scale, loaded)
+        header = _header(book, scale, seed_text, hardware, data_used, parent_id)
+        path = _write_report(out_dir, rows, header, study_runs, orderings)
         for name in ("report.md", "report.html", "report.json"):
             log_file(path / name, "report")
         tally = counts(rows)
+        order_tally = order_counts(orderings)
         log_metrics(
             {
                 "claims": len(rows),
                 **{f"claims_{k.replace(' ', '_')}": v for k, v in tally.items()},
+                "orderings": len(orderings),
+                **{f"orderings_{k.replace(' ', '_')}": v for k, v in order_tally.items()},
                 "claims_on_stand_in_data": sum(r.stand_in for r in rows),
                 "reproduce_seconds": time.perf_counter() - t0,
             }
@@ -302,4 +353,4 @@ def run(
                 + "\n\nReport: artifacts `report/report.html` (self-contained) and `report/report.md`."
             }
         )
-    return {"run_id": parent_id, "out_dir": path, "rows": rows, "counts": tally, "study_runs": study_runs}
+    return ReproduceResult(parent_id, path, rows, tally, study_runs, orderings)
