@@ -46,7 +46,7 @@ server:  ## local tracking server + UI on http://127.0.0.1:5000 (sqlite:///mlflo
 server-postgres:  ## team tracking server on PostgreSQL ($$PIPELINE_PG_URI or $$PGHOST/PGPORT/PGUSER/PGPASSWORD/PGDATABASE; db created if missing), artifacts in ./mlartifacts
 	$(PY) -m pipelines server-postgres --port 5000 $(ARGS)
 
-bench:  ## our trainer vs a seed-style loop, side by side
+bench:  ## our trainer vs a reference-style loop, side by side
 	$(PY) bench/bench_train.py $(ARGS)
 
 demo:  ## browser demo of the champion CNN vs the FC model on http://127.0.0.1:8000

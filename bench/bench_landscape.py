@@ -3,10 +3,10 @@
 (a) the reference notebook's 2-D loop, faithfully: per point build a state_dict from numpy directions
     (``v + a1 (tensor(d1) − v)``, then ``t + a2 (tensor(d2) − t)``), ``load_state_dict``, and loop a
     ``DataLoader`` (batch 128, shuffle, one-hot labels, ``CrossEntropyLoss(reduction='none')``) over
-    the test set; timed on ``--seed-points`` points spread over the grid and extrapolated per point;
+    the test set; timed on ``--reference-points`` points spread over the grid and extrapolated per point;
 (b) our fast path on the full grid (61×61 at the default step 0.05), checked against (a) where
     both computed the same points.
-The two are interleaved (``--blocks``: a block of grid rows, then a share of the seed-style points)
+The two are interleaved (``--blocks``: a block of grid rows, then a share of the reference-style points)
 so that both see the same load from other processes; the full-grid time is the sum of the blocks.
 
 By default the data are a synthetic CIFAR-100 in the real pickle format (300 test images of the
@@ -38,12 +38,12 @@ if str(ROOT) not in sys.path:  # `python bench/bench_landscape.py` from the repo
     sys.path.insert(0, str(ROOT))
 
 from models import count_params, create_model  # noqa: E402
-from pipelines.analysis.landscape import METHODS, MODES, loss_grid, random_direction, seed_grid_axis  # noqa: E402
+from pipelines.analysis.landscape import METHODS, MODES, loss_grid, random_direction, reference_grid_axis  # noqa: E402
 from pipelines.data import load_dataset  # noqa: E402
 from pipelines.data.cifar100 import write_synthetic  # noqa: E402
 
 
-def seed_style_grid_points(model: nn.Module, test_x: np.ndarray, test_y: np.ndarray, theta1, theta2, points, k):
+def reference_grid_points(model: nn.Module, test_x: np.ndarray, test_y: np.ndarray, theta1, theta2, points, k):
     """The reference notebook's 2-D loop (``Z.append(...)`` per point), over ``points`` = [(a1, a2), ...]."""
     device = torch.device("cpu")
     tensor_x = torch.Tensor(test_x)
@@ -116,7 +116,7 @@ def main() -> None:
     ap.add_argument("--model", choices=["all", "pooling_cnn", "cnn_seed"], default="all")
     ap.add_argument("--pooling", nargs="+", default=["max", "stride"], choices=["max", "stride", "avg"])
     ap.add_argument("--grid", type=float, default=0.05, help="grid step over [-1.5, 1.5] (0.05: 61x61)")
-    ap.add_argument("--seed-points", type=int, default=50, help="points timed with the seed-style loop")
+    ap.add_argument("--reference-points", type=int, default=50, help="points timed with the reference-style loop")
     ap.add_argument("--epochs", type=int, default=3, help="quick training epochs before (0: random init)")
     ap.add_argument("--mode", choices=MODES, default="seed")
     ap.add_argument("--method", choices=METHODS, default="auto")
@@ -125,7 +125,7 @@ def main() -> None:
         "--blocks",
         type=int,
         default=None,
-        help="interleave fast / seed-style timing in this many blocks (default: 1 seed point each)",
+        help="interleave fast / reference-style timing in this many blocks (default: 1 reference point each)",
     )
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--progress", action="store_true", help="tqdm bar for the fast path")
@@ -148,7 +148,7 @@ def main() -> None:
     if args.model in ("all", "cnn_seed"):
         specs.append(("cnn_seed", {}))
 
-    axis = seed_grid_axis(args.grid)
+    axis = reference_grid_axis(args.grid)
     n_points = axis.size**2
     init = "random init" if args.epochs == 0 else f"trained {args.epochs} epochs"
     print(
@@ -163,37 +163,37 @@ def main() -> None:
         model = create_model(name, num_classes=data.num_classes, in_shape=data.in_shape, **opts)
         train_acc = quick_train(model, data.x_train, data.y_train, args.epochs) if args.epochs else float("nan")
         d1, d2 = random_direction(model, 0), random_direction(model, 1011)  # the reference notebook's seeds
-        theta1 = [d1[n].double().numpy() for n in d1]  # numpy arrays, as the seed holds them
+        theta1 = [d1[n].double().numpy() for n in d1]  # numpy arrays, as the notebook holds them
         theta2 = [d2[n].double().numpy() for n in d2]
         x_test = data.x_test.astype(np.float32)
 
         rng = np.random.default_rng(0)
-        idx = np.sort(rng.choice(n_points, size=min(args.seed_points, n_points), replace=False))
+        idx = np.sort(rng.choice(n_points, size=min(args.reference_points, n_points), replace=False))
         points = [(axis[i // axis.size], axis[i % axis.size]) for i in idx]
-        seed_model = copy.deepcopy(model)
-        # Interleave: a block of grid rows on the fast path, then a share of the seed-style points, so
+        reference_model = copy.deepcopy(model)
+        # Interleave: a block of grid rows on the fast path, then a share of the reference-style points, so
         # both see the same load from other processes on this shared machine.
         blocks = args.blocks or len(points)
         row_blocks = np.array_split(np.arange(axis.size), max(1, min(blocks, axis.size, len(points))))
         point_blocks = np.array_split(np.arange(len(points)), len(row_blocks))
         z = np.empty((axis.size, axis.size))
-        z_seed = np.empty(len(points))
-        fast_total = seed_total = 0.0
+        z_reference = np.empty(len(points))
+        fast_total = reference_total = 0.0
         fast_kw = {"chunk": args.chunk, "progress": args.progress, "method": args.method}
         for rows, pts in zip(row_blocks, point_blocks, strict=True):
             t = time.perf_counter()
             z[rows] = loss_grid(model, x_test, data.y_test, axis[rows], axis, d1, d2, args.mode, **fast_kw)
             fast_total += time.perf_counter() - t
             t = time.perf_counter()
-            z_seed[pts] = seed_style_grid_points(
-                seed_model, x_test, data.y_test, theta1, theta2, [points[i] for i in pts], data.num_classes
+            z_reference[pts] = reference_grid_points(
+                reference_model, x_test, data.y_test, theta1, theta2, [points[i] for i in pts], data.num_classes
             )
-            seed_total += time.perf_counter() - t
-        seed_per_point = seed_total / len(points)
+            reference_total += time.perf_counter() - t
+        reference_per_point = reference_total / len(points)
         fast_per_point = fast_total / n_points
-        same = args.mode == "seed"  # the seed-style loop computes the reference notebook's mode
-        diff = float(np.abs(z.ravel()[idx] - z_seed).max()) if same else float("nan")
-        rel = float((np.abs(z.ravel()[idx] - z_seed) / np.abs(z_seed)).max()) if same else float("nan")
+        same = args.mode == "seed"  # the reference-style loop computes the reference notebook's mode
+        diff = float(np.abs(z.ravel()[idx] - z_reference).max()) if same else float("nan")
+        rel = float((np.abs(z.ravel()[idx] - z_reference) / np.abs(z_reference)).max()) if same else float("nan")
         macs = macs_per_image(model, torch.as_tensor(x_test[:1]))
         gflops = 2 * macs * len(x_test) * n_points / fast_total / 1e9
         label = name + (f"[{opts['pooling']}]" if opts else "")
@@ -201,22 +201,23 @@ def main() -> None:
             "model": label,
             "params": count_params(model),
             "train_acc": train_acc,
-            "seed_s_per_point": seed_per_point,
+            "reference_s_per_point": reference_per_point,
             "fast_s_per_point": fast_per_point,
-            "speedup": seed_per_point / fast_per_point,
+            "speedup": reference_per_point / fast_per_point,
             "fast_grid_s": fast_total,
-            "seed_grid_s_extrapolated": seed_per_point * n_points,
-            "max_abs_diff_vs_seed": diff,
-            "max_rel_diff_vs_seed": rel,
+            "reference_grid_s_extrapolated": reference_per_point * n_points,
+            "max_abs_diff_vs_reference": diff,
+            "max_rel_diff_vs_reference": rel,
             "mflop_per_image": 2 * macs / 1e6,
             "fast_gflops": gflops,
             "loss_center": float(z[axis.size // 2, axis.size // 2]),
         }
         results.append(row)
-        seed_grid = row["seed_grid_s_extrapolated"]
+        reference_grid = row["reference_grid_s_extrapolated"]
         print(
             f"{label:20s} params {row['params']:6d}  train acc {train_acc:.3f}  "
-            f"seed-style {seed_per_point * 1e3:7.1f} ms/pt ({len(points)} pts, grid ~{seed_grid:.0f} s)  "
+            f"reference-style {reference_per_point * 1e3:7.1f} ms/pt "
+            f"({len(points)} pts, grid ~{reference_grid:.0f} s)  "
             f"fast {fast_per_point * 1e3:6.2f} ms/pt (grid {fast_total:6.1f} s, {gflops:.0f} GFLOP/s)  "
             f"x{row['speedup']:.1f}  max|diff| {diff:.1e} (rel {rel:.1e})",
             flush=True,

@@ -1,4 +1,4 @@
-"""Benchmark: a faithful seed-style training loop vs our ``pipelines.trainer.fit``, side by side in one process.
+"""Benchmark: a faithful reference-style training loop vs our ``pipelines.trainer.fit``, side by side in one process.
 
 For each pooling (stride, max, avg) both loops train the same model from the same initial weights
 (same seed) on the same data for the same epochs; after ``--warmup`` untimed epochs each one's
@@ -7,7 +7,7 @@ GEMM of this CPU and the achieved GFLOPS (FlopCounterMode) as % of that peak. Th
 
 * ``--tracking-server on``: the same ``fit`` with per-epoch MLflow logging (MetricLogger against a real
   ``mlflow server`` on 127.0.0.1) vs ``on_epoch=None``: the overhead in % of wall time;
-* ``--levers``: one lever at a time, side by side (the seed loop's DataLoader / one-hot / per-step sync,
+* ``--levers``: one lever at a time, side by side (the reference loop's DataLoader / one-hot / per-step sync,
   channels_last, bf16, threads, oneDNN, eval every k, foreach / fused optimizer, torch.compile);
 * CUDA, when present: the GPU path (data on the device once, AMP, 500 epochs of stride), else
   "GPU: skipped: no CUDA".
@@ -47,8 +47,8 @@ from common import (  # bench/common.py, first: it puts the repo root on sys.pat
     median,
     peaks,
     print_machine,
+    reference_model,
     run_fit,
-    seed_model,
     tensors,
     test_accuracy,
     write_results,
@@ -65,13 +65,13 @@ DEFAULT_RUN_EPOCHS = 500  # the recipe's default: torch.compile must pay for its
 # ---------------------------------------------------------------- the reference notebook's loop
 
 
-def _seed_stats(tmp: list) -> tuple:
+def _reference_stats(tmp: list) -> tuple:
     """The reference notebook's per-epoch statistics: mean and 25/75 percentiles of the per-batch (loss, accuracy)."""
     rows = np.array(tmp) if not torch.is_tensor(tmp[0]) else torch.stack(tmp).cpu().numpy()
     return np.mean(rows, axis=0), np.percentile(rows, 25, axis=0), np.percentile(rows, 75, axis=0)
 
 
-def seed_loop(
+def reference_loop(
     model: nn.Module,
     ds,
     epochs: int,
@@ -90,11 +90,11 @@ def seed_loop(
     TensorDataset + DataLoader(shuffle=True) for train and test, one-hot float targets with
     CrossEntropyLoss, ``optim.SGD(lr=5e-3, momentum=0.9)`` with torch's defaults, per step
     ``loss.item()`` + ``accuracy.item()`` and a tqdm update, a full eval pass over the test
-    DataLoader every epoch with the same per-batch stats. The model (``seed_model``: the seed's
+    DataLoader every epoch with the same per-batch stats. The model (``reference_model``: the notebook's
     Normalize and Flatten) is used as built: no channels_last, fp32.
 
-    The keyword flags turn one seed habit off at a time (the lever ladder of ``--levers``); with
-    their defaults this is the seed: ``dataloader=False`` slices resident tensors by a randperm,
+    The keyword flags turn one notebook habit off at a time (the lever ladder of ``--levers``); with
+    their defaults this is the notebook: ``dataloader=False`` slices resident tensors by a randperm,
     ``one_hot=False`` uses class-index targets, ``item_per_step=False`` keeps per-batch stats on the
     device and syncs once per epoch.
     """
@@ -144,14 +144,14 @@ def seed_loop(
             loss.backward()
             optimizer.step()
             target = labels.detach().argmax(dim=-1) if one_hot else labels
-            if item_per_step:  # the seed: to the host and .item() of both, every step
+            if item_per_step:  # the notebook: to the host and .item() of both, every step
                 accuracy = (target == outputs.detach().argmax(dim=-1)).to(torch.float32).mean().cpu() * 100
                 tmp.append((loss.item(), accuracy.item()))
-            else:  # kept on the device, one sync per epoch in _seed_stats
+            else:  # kept on the device, one sync per epoch in _reference_stats
                 accuracy = (target == outputs.detach().argmax(dim=-1)).to(torch.float32).mean() * 100
                 tmp.append(torch.stack((loss.detach(), accuracy)))
             pbar.update(1)
-        losses.append(_seed_stats(tmp))
+        losses.append(_reference_stats(tmp))
         tmp = []
         model.eval()
         with torch.no_grad():
@@ -167,23 +167,23 @@ def seed_loop(
                 else:
                     accuracy = (target == outputs.argmax(dim=-1)).to(torch.float32).mean() * 100
                     tmp.append(torch.stack((loss, accuracy)))
-        losses_val.append(_seed_stats(tmp))
+        losses_val.append(_reference_stats(tmp))
         if device.type == "cuda":
             torch.cuda.synchronize()
         epoch_seconds.append(time.perf_counter() - t0)
     pbar.close()
     devnull.close()
-    return {"epoch_seconds": epoch_seconds, "seed_test_acc": float(losses_val[-1][0][1]) / 100}
+    return {"epoch_seconds": epoch_seconds, "reference_test_acc": float(losses_val[-1][0][1]) / 100}
 
 
-def seed_in_process(ds, pooling: str, epochs: int, seed: int, kw: dict) -> dict:
-    """The seed loop on a fresh model from ``seed`` plus its final test accuracy (for ``isolated``)."""
+def reference_in_process(ds, pooling: str, epochs: int, seed: int, kw: dict) -> dict:
+    """The reference loop on a fresh model from ``seed`` plus its final test accuracy (for ``isolated``)."""
     kw = dict(kw)
-    if kw.pop("our_layers", False):  # the lever ladder's last rung: the seed loop on our registry's model
+    if kw.pop("our_layers", False):  # the lever ladder's last rung: the reference loop on our registry's model
         model = make_model(pooling, seed, ds.num_classes, channels_last=False)
     else:
-        model = seed_model(pooling, seed, ds.num_classes)
-    res = seed_loop(model, ds, epochs, seed, **kw)
+        model = reference_model(pooling, seed, ds.num_classes)
+    res = reference_loop(model, ds, epochs, seed, **kw)
     _, _, xt, yt = tensors(ds)
     res["acc"] = test_accuracy(model, xt, yt)
     return res
@@ -193,57 +193,60 @@ def seed_in_process(ds, pooling: str, epochs: int, seed: int, kw: dict) -> dict:
 
 
 def compare(ds, data, args, precision: str, per_image: dict, peak: dict) -> dict:
-    """Seed loop vs ``fit`` per pooling; repeats interleaved (order alternates) so drift hits both.
+    """Reference loop vs ``fit`` per pooling; repeats interleaved (order alternates) so drift hits both.
 
-    Each loop runs in a fresh process (``isolated``), so nothing process-wide that ours sets helps the seed's.
+    Each loop runs in a fresh process (``isolated``), so nothing process-wide that ours sets helps the notebook's.
     """
     total = args.warmup + args.epochs
     out = {}
     for pooling in args.poolings:
         print(f"\n== {pooling}: {total} epochs each ({args.warmup} warm-up, not timed), {args.repeats} repeat(s)")
-        seed_med, ours_med, rows = [], [], []
+        reference_med, ours_med, rows = [], [], []
         for r in range(args.repeats):
             res = {}
-            for who in ("seed", "ours") if r % 2 == 0 else ("ours", "seed"):
-                if who == "seed":
-                    res[who] = isolated(seed_in_process, ds, pooling, total, args.seed, {})
+            for who in ("reference", "ours") if r % 2 == 0 else ("ours", "reference"):
+                if who == "reference":
+                    res[who] = isolated(reference_in_process, ds, pooling, total, args.seed, {})
                 else:
                     res[who] = isolated(fit_in_process, ds, pooling, total, args.seed, {"precision": precision})
-            st, ot = res["seed"]["epoch_seconds"][args.warmup :], res["ours"]["epoch_seconds"][args.warmup :]
-            seed_med.append(median(st))
+            st, ot = res["reference"]["epoch_seconds"][args.warmup :], res["ours"]["epoch_seconds"][args.warmup :]
+            reference_med.append(median(st))
             ours_med.append(median(ot))
             print(
-                f"  repeat {r + 1}: seed s/epoch {fmt_list(st)}  ours s/epoch {fmt_list(ot)}  "
-                f"ratio {seed_med[-1] / ours_med[-1]:.2f}x  | "
-                f"acc seed {res['seed']['acc']:.3f} ours {res['ours']['acc']:.3f}",
+                f"  repeat {r + 1}: reference s/epoch {fmt_list(st)}  ours s/epoch {fmt_list(ot)}  "
+                f"ratio {reference_med[-1] / ours_med[-1]:.2f}x  | "
+                f"acc reference {res['reference']['acc']:.3f} ours {res['ours']['acc']:.3f}",
                 flush=True,
             )
             rows.append(res)
         flops = epoch_flops(per_image[pooling], len(ds.x_train), len(ds.x_test))
         peak_ref = peak.get("bf16" if precision == "bf16" else "fp32", peak["fp32"])
-        s_med, o_med = median(seed_med), median(ours_med)
+        s_med, o_med = median(reference_med), median(ours_med)
         out[pooling] = {
-            "seed_s_per_epoch": s_med,
+            "reference_s_per_epoch": s_med,
             "ours_s_per_epoch": o_med,
             "ratio": s_med / o_med,
-            "seed_acc": rows[-1]["seed"]["acc"],
+            "reference_acc": rows[-1]["reference"]["acc"],
             "ours_acc": rows[-1]["ours"]["acc"],
             "gflop_per_epoch": flops / 1e9,
             "ours_gflops": flops / o_med / 1e9,
-            "seed_gflops": flops / s_med / 1e9,
+            "reference_gflops": flops / s_med / 1e9,
             "ours_pct_peak": 100 * flops / o_med / 1e9 / peak_ref,
-            "seed_pct_peak_fp32": 100 * flops / s_med / 1e9 / peak["fp32"],
+            "reference_pct_peak_fp32": 100 * flops / s_med / 1e9 / peak["fp32"],
             "peak_ref": "bf16" if precision == "bf16" and "bf16" in peak else "fp32",
             "repeats": [
-                {who: {"epoch_seconds": r_[who]["epoch_seconds"], "acc": r_[who]["acc"]} for who in ("seed", "ours")}
+                {
+                    who: {"epoch_seconds": r_[who]["epoch_seconds"], "acc": r_[who]["acc"]}
+                    for who in ("reference", "ours")
+                }
                 for r_ in rows
             ],
         }
         o = out[pooling]
         print(
-            f"  median: seed {s_med:.3f} s/epoch, ours {o_med:.3f} s/epoch, ratio {o['ratio']:.2f}x | "
+            f"  median: reference {s_med:.3f} s/epoch, ours {o_med:.3f} s/epoch, ratio {o['ratio']:.2f}x | "
             f"{o['gflop_per_epoch']:.1f} GFLOP/epoch -> ours {o['ours_gflops']:.1f} GFLOPS = "
-            f"{o['ours_pct_peak']:.0f} % of {o['peak_ref']} peak (seed {o['seed_gflops']:.1f} GFLOPS)",
+            f"{o['ours_pct_peak']:.0f} % of {o['peak_ref']} peak (reference {o['reference_gflops']:.1f} GFLOPS)",
             flush=True,
         )
         # The targets: >= 1.5x on AVX2-only CPUs (fp32), >= 3x where bf16 is native (auto); >= 50 % of peak.
@@ -261,16 +264,16 @@ def levers(ds, data, args, precision: str) -> dict:
     other_prec = "fp32" if precision == "bf16" else "bf16"
     base_name = f"ours (default: channels_last, {precision}, foreach, {torch.get_num_threads()} threads)"
     variants: list[tuple[str, str, dict]] = [
-        ("seed loop (DataLoader, one-hot, .item() per step)", "seed", {}),
-        ("  + resident tensors, randperm slicing", "seed", {"dataloader": False}),
-        ("  + class-index targets", "seed", {"dataloader": False, "one_hot": False}),
-        ("  + one host sync per epoch", "seed", {"dataloader": False, "one_hot": False, "item_per_step": False}),
+        ("reference loop (DataLoader, one-hot, .item() per step)", "reference", {}),
+        ("  + resident tensors, randperm slicing", "reference", {"dataloader": False}),
+        ("  + class-index targets", "reference", {"dataloader": False, "one_hot": False}),
+        ("  + one host sync per epoch", "reference", {"dataloader": False, "one_hot": False, "item_per_step": False}),
         (
             "  + our layers (one-op Normalize, layout-keeping Flatten, NHWC-order head, max pool before ReLU)",
-            "seed",
+            "reference",
             {"dataloader": False, "one_hot": False, "item_per_step": False, "our_layers": True},
         ),
-        ("ours, with the reference notebook's layers", "fit", {"seed_layers": True}),
+        ("ours, with the reference notebook's layers", "fit", {"reference_layers": True}),
         ("ours, channels_last off", "fit", {"channels_last": False}),
         (base_name, "fit", {}),
     ]
@@ -301,8 +304,8 @@ def levers(ds, data, args, precision: str) -> dict:
         for r in range(args.repeats):
             for name, kind, kw in variants:
                 try:
-                    if kind == "seed":
-                        res = isolated(seed_in_process, ds, pooling, total, args.seed, kw)
+                    if kind == "reference":
+                        res = isolated(reference_in_process, ds, pooling, total, args.seed, kw)
                         t = median(res["epoch_seconds"][args.warmup :])
                     elif kind == "eval":
                         # Train-only epoch time (no eval until the final epoch, which is dropped) plus the
@@ -345,7 +348,7 @@ def levers(ds, data, args, precision: str) -> dict:
                 {
                     "lever": name.strip(),
                     "s_per_epoch": med[name],
-                    "vs_seed": med[variants[0][0]] / med[name],
+                    "vs_reference": med[variants[0][0]] / med[name],
                     "vs_ours_default": med[base_name] / med[name],
                     "acc": accs.get(name, float("nan")),
                     "note": notes.get(name, ""),
@@ -355,7 +358,7 @@ def levers(ds, data, args, precision: str) -> dict:
             {
                 "lever": n_,
                 "s_per_epoch": float("nan"),
-                "vs_seed": float("nan"),
+                "vs_reference": float("nan"),
                 "vs_ours_default": float("nan"),
                 "acc": float("nan"),
                 "note": note,
@@ -365,7 +368,7 @@ def levers(ds, data, args, precision: str) -> dict:
         out[pooling] = {"rows": rows, "raw": times}
         for row in rows:
             print(
-                f"  {row['lever']:60s} {row['s_per_epoch']:7.3f} s/epoch  x{row['vs_seed']:.2f} vs seed  "
+                f"  {row['lever']:60s} {row['s_per_epoch']:7.3f} s/epoch  x{row['vs_reference']:.2f} vs reference  "
                 f"x{row['vs_ours_default']:.2f} vs ours default  {row['note']}"
             )
     return out
@@ -501,14 +504,15 @@ def gpu_path(ds, args) -> dict:
                 f"{r['median_epoch_s'] * 1e3:.1f} ms/epoch, acc {r['acc']:.3f}",
                 flush=True,
             )
-    # The seed loop on the same GPU (DataLoader, per-step .item()), timed on a few epochs and extrapolated.
-    model = seed_model("stride", args.seed, ds.num_classes, dev)
-    s = seed_loop(model, ds, args.gpu_seed_epochs + 1, args.seed, device=dev)
+    # The reference loop on the same GPU (DataLoader, per-step .item()), timed on a few epochs and extrapolated.
+    model = reference_model("stride", args.seed, ds.num_classes, dev)
+    s = reference_loop(model, ds, args.gpu_reference_epochs + 1, args.seed, device=dev)
     per = median(s["epoch_seconds"][1:])
-    out["seed_stride_s_per_epoch"] = per
+    out["reference_stride_s_per_epoch"] = per
     print(
-        f"  seed loop, stride: {per * 1e3:.1f} ms/epoch -> {per * args.gpu_epochs:.1f} s for {args.gpu_epochs} epochs "
-        f"(extrapolated from {args.gpu_seed_epochs}; the seed's own T4 figure: 38 s)"
+        f"  reference loop, stride: {per * 1e3:.1f} ms/epoch -> {per * args.gpu_epochs:.1f} s "
+        f"for {args.gpu_epochs} epochs "
+        f"(extrapolated from {args.gpu_reference_epochs}; the notebook's own T4 figure: 38 s)"
     )
     return out
 
@@ -532,15 +536,15 @@ def markdown(info, peak, args, precision, cmp, lev, trk, gpu) -> str:
         rows = [
             [
                 p,
-                c["seed_s_per_epoch"],
+                c["reference_s_per_epoch"],
                 c["ours_s_per_epoch"],
                 f"{c['ratio']:.2f}x",
-                f"{c['seed_acc']:.3f}",
+                f"{c['reference_acc']:.3f}",
                 f"{c['ours_acc']:.3f}",
                 c["gflop_per_epoch"],
                 c["ours_gflops"],
                 f"{c['ours_pct_peak']:.0f} % ({c['peak_ref']})",
-                f"{c['seed_pct_peak_fp32']:.0f} %",
+                f"{c['reference_pct_peak_fp32']:.0f} %",
             ]
             for p, c in cmp.items()
         ]
@@ -548,15 +552,15 @@ def markdown(info, peak, args, precision, cmp, lev, trk, gpu) -> str:
             md_table(
                 [
                     "pooling",
-                    "seed s/epoch",
+                    "reference s/epoch",
                     "ours s/epoch",
                     "speed-up",
-                    "seed acc",
+                    "reference acc",
                     "ours acc",
                     "GFLOP/epoch",
                     "ours GFLOPS",
                     "ours % of peak",
-                    "seed % of fp32 peak",
+                    "reference % of fp32 peak",
                 ],
                 rows,
             )
@@ -576,14 +580,16 @@ def markdown(info, peak, args, precision, cmp, lev, trk, gpu) -> str:
             lines += ["", f"GPU ({gpu['gpu']}, {gpu['precision']}, {gpu['epochs']} epochs):"]
             for k, r in gpu["runs"].items():
                 lines.append(f"- {k}: " + (r["error"] if "error" in r else f"{r['wall_s']:.2f} s, acc {r['acc']:.3f}"))
-            lines.append(f"- seed loop, stride: {gpu['seed_stride_s_per_epoch'] * gpu['epochs']:.1f} s (extrapolated)")
+            lines.append(
+                f"- reference loop, stride: {gpu['reference_stride_s_per_epoch'] * gpu['epochs']:.1f} s (extrapolated)"
+            )
     for pooling, lv in (lev or {}).items():
         lines += ["", f"Levers ({pooling}, one at a time):", ""]
         lines.append(
             md_table(
-                ["lever", "s/epoch", "vs seed", "vs ours default", "acc", "note"],
+                ["lever", "s/epoch", "vs reference", "vs ours default", "acc", "note"],
                 [
-                    [r["lever"], r["s_per_epoch"], r["vs_seed"], r["vs_ours_default"], r["acc"], r["note"]]
+                    [r["lever"], r["s_per_epoch"], r["vs_reference"], r["vs_ours_default"], r["acc"], r["note"]]
                     for r in lv["rows"]
                 ],
             )
@@ -610,10 +616,12 @@ def parse_args(argv=None):
     p.add_argument("--eval-every-k", type=int, default=10, help="k of the eval-every-k lever")
     p.add_argument("--no-compile", action="store_true", help="leave torch.compile out of the lever table")
     p.add_argument("--try-emulated-bf16", action="store_true", help="measure bf16 in the levers even if emulated")
-    p.add_argument("--skip-compare", action="store_true", help="skip the seed-vs-ours section (e.g. levers only)")
+    p.add_argument("--skip-compare", action="store_true", help="skip the reference-vs-ours section (e.g. levers only)")
     p.add_argument("--gemm-n", type=int, default=2048, help="size of the peak-GEMM matmul")
     p.add_argument("--gpu-epochs", type=int, default=500, help="epochs of the CUDA runs")
-    p.add_argument("--gpu-seed-epochs", type=int, default=20, help="epochs of the seed loop on CUDA (extrapolated)")
+    p.add_argument(
+        "--gpu-reference-epochs", type=int, default=20, help="epochs of the reference loop on CUDA (extrapolated)"
+    )
     p.add_argument(
         "--gpu-compile",
         default="reduce-overhead",

@@ -66,7 +66,7 @@ def tensors(ds: Dataset, device: torch.device | str = "cpu") -> tuple[torch.Tens
 
 
 def recipe(epochs: int, batch_size: int | None = None) -> dict:
-    """The seed recipe of the pooling CNN (SGD 5e-3, momentum 0.9, batch 128) for ``epochs`` epochs."""
+    """The notebook recipe of the pooling CNN (SGD 5e-3, momentum 0.9, batch 128) for ``epochs`` epochs."""
     r = dict(model_info(MODEL).recipe)
     r["epochs"] = epochs
     if batch_size:
@@ -83,12 +83,12 @@ def make_model(pooling: str, seed: int, num_classes: int = 3, device="cpu", chan
     return model.to(device)
 
 
-class SeedNormalize(nn.Module):
+class ReferenceNormalize(nn.Module):
     """The notebook's ``Normalize``, as written there: three broadcast ops, then the NHWC -> NCHW permute."""
 
     def __init__(self, mean, std, device):
         super().__init__()
-        self.mean = torch.tensor(mean).to(device)  # plain attributes, as in the seed: not buffers
+        self.mean = torch.tensor(mean).to(device)  # plain attributes, as in the notebook: not buffers
         self.std = torch.tensor(std).to(device)
 
     def forward(self, input):
@@ -98,17 +98,17 @@ class SeedNormalize(nn.Module):
         return x.permute(0, 3, 1, 2)
 
 
-def seed_model(pooling: str, seed: int, num_classes: int = 3, device="cpu") -> nn.Module:
+def reference_model(pooling: str, seed: int, num_classes: int = 3, device="cpu") -> nn.Module:
     """The reference notebook's model code (its ``Normalize``, ReLU -> pool, ``nn.Flatten``) with our initial weights.
 
     Our registry's ``pooling_cnn`` computes the same function with faster layers and order
     (``models.layers``; max pool before its ReLU, flatten + linear as one NHWC-order module); the
-    seed loop runs the reference notebook's own layers, so those differences count on our side of the ratio.
+    reference loop runs the reference notebook's own layers, so those differences count on our side of the ratio.
     Weights: ours for ``seed``, tensor for tensor in order.
     """
     ours = make_model(pooling, seed, num_classes, channels_last=False)
     layers = [
-        SeedNormalize(ours[0].mean.tolist(), ours[0].std.tolist(), device),
+        ReferenceNormalize(ours[0].mean.tolist(), ours[0].std.tolist(), device),
         nn.Conv2d(3, 32, 5, stride=4 if pooling == "stride" else 1, padding=2),
         nn.ReLU(),
         nn.Conv2d(32, 64, 3, stride=1, padding=1),
@@ -194,12 +194,12 @@ def run_fit(
     compile_mode: str | None = None,
     on_epoch=None,
     batch_size: int | None = None,
-    seed_layers: bool = False,
+    reference_layers: bool = False,
 ) -> dict:
     """Our ``fit`` as ``pipelines.train`` calls it (model channels_last, data resident), with one lever changed."""
     x, y, xt, yt = data
-    if seed_layers:  # our loop on the reference notebook's model code: what models.layers is worth
-        model = seed_model(pooling, seed, int(y.max()) + 1, x.device)
+    if reference_layers:  # our loop on the reference notebook's model code: what models.layers is worth
+        model = reference_model(pooling, seed, int(y.max()) + 1, x.device)
         model = model.to(memory_format=torch.channels_last) if channels_last else model
     else:
         model = make_model(pooling, seed, int(y.max()) + 1, x.device, channels_last)
@@ -239,7 +239,7 @@ def isolated(fn, /, *args, **kwargs):
 
     Process-wide state cannot leak from one measured loop into the next: the glibc allocator
     settings our trainer makes (``pipelines.device.tune_cpu_allocator``), oneDNN flags, threads,
-    compiled graphs. The seed loop runs as a notebook would, in a process that never saw ours.
+    compiled graphs. The reference loop runs as a notebook would, in a process that never saw ours.
     """
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor

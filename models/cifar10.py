@@ -1,4 +1,4 @@
-"""CIFAR-10 models of the CNN-vs-FC study (SPEC S2, seed task 1.2): deep_fcnet, resnet_cifar, resnet_cifar_reg.
+"""CIFAR-10 models of the CNN-vs-FC study (SPEC S2, notebook task 1.2): deep_fcnet, resnet_cifar, resnet_cifar_reg.
 
 The reference notebooks give no layer list or parameter counts for these; the designs follow their author's
 code (FC 3072-2048-1024-512-256-10 with dropout 0.5; a 3-block ResNet with bias-free convs).

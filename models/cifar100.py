@@ -21,7 +21,7 @@ def _side_after(in_shape: Sequence[int], factor: int, model: str) -> tuple[int, 
 
 @register_model(dataset="cifar100")
 def cnn_seed(num_classes: int = 3, in_shape=(32, 32, 3), mean=(0.5074, 0.4867, 0.4411), std=(0.2011, 0.1987, 0.2025)):
-    """First notebook CNN: conv 5x5/4 -> conv 3x3 -> avgpool 4 -> linear (21,699 params for 3 classes)."""
+    """The reference notebooks' first CNN: conv 5x5/4 -> conv 3x3 -> avgpool 4 -> linear (21,699 params, 3 classes)."""
     h, w = _side_after(in_shape, 16, "cnn_seed")  # stride 4, then pool 4
     return nn.Sequential(
         Normalize(mean, std),

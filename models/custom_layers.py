@@ -1,4 +1,4 @@
-"""Custom layers with learnable parameters (SPEC S2, seed task 3.1), and cnn_custom / cnn_standard.
+"""Custom layers with learnable parameters (SPEC S2, notebook task 3.1), and cnn_custom / cnn_standard.
 
 Each layer's forward is written here with plain torch ops; backward comes from autograd
 (checked against finite differences with ``torch.autograd.gradcheck`` in the tests).

@@ -1,4 +1,4 @@
-"""Depth study (SPEC S2, seed task 2.2): shallow_cnn (2 conv), medium_cnn (4), deep_cnn (6), residual_cnn.
+"""Depth study (SPEC S2, notebook task 2.2): shallow_cnn (2 conv), medium_cnn (4), deep_cnn (6), residual_cnn.
 
 The plain nets are 3x3 convs (pad 1, bias) + ReLU at full resolution, no BN and no pooling until the
 global average pool, then one linear layer, so depth is the only thing that changes (and the plain

@@ -1,4 +1,4 @@
-"""Keras-style CIFAR-10 CNN with max-norm constraints (SPEC S4, seed keras-cifar10-cnn.md)."""
+"""Keras-style CIFAR-10 CNN with max-norm constraints (SPEC S4, notebook keras-cifar10-cnn.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Kernel-size study at about 20k params (SPEC S2, seed task 2.1): cnn_k3, cnn_k5, cnn_k7, cnn_combo.
+"""Kernel-size study at about 20k params (SPEC S2, notebook task 2.1): cnn_k3, cnn_k5, cnn_k7, cnn_combo.
 
 All four are two convs at full resolution with ReLU, then global average pooling and one linear layer::
 

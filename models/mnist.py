@@ -1,4 +1,4 @@
-"""MNIST models of the CNN-vs-FC study (SPEC S2, seed task 1.1): fcnet, simple_cnn, resnet_like."""
+"""MNIST models of the CNN-vs-FC study (SPEC S2, notebook task 1.1): fcnet, simple_cnn, resnet_like."""
 
 from __future__ import annotations
 

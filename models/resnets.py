@@ -1,4 +1,4 @@
-"""Residual blocks shared by the S2 families, and the residual-block study (SPEC S2, seed task 3.2).
+"""Residual blocks shared by the S2 families, and the residual-block study (SPEC S2, notebook task 3.2).
 
 The three study models share one skeleton and differ only in the block::
 

@@ -1,4 +1,4 @@
-"""Figures: learning curves with IQR bands (the seed's two panels) and the confusion matrix."""
+"""Figures: learning curves with IQR bands (the reference notebooks' two panels) and the confusion matrix."""
 
 from __future__ import annotations
 

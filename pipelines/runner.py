@@ -3,7 +3,7 @@
     with training_run("train-x", experiment_id, resume_run_id=rid, tags={...}) as session:
         if session.is_new:
             log_params(...)
-        state = session.fit(model, data, recipe, seed=..., precision=..., checkpoint_every=...)
+        state = session.fit(model, data, cfg, precision=...)  # cfg: recipe(), seed, eval_every, checkpoint_every
         session.log_trained(model, model_config, state)
 
 ``training_run`` opens the run (``tracked_run``, system metrics included). On resume it first
@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import torch
 import torch.nn as nn
@@ -34,6 +35,17 @@ from pipelines.trainer import TrainState, fit
 from tracking import tracked_run
 from tracking.artifacts import download, log_file
 from tracking.metrics import MetricLogger
+
+
+class RunConfig(Protocol):
+    """What ``Session.fit`` reads from a train or segmentation config."""
+
+    seed: int
+    eval_every: int
+    checkpoint_every: int
+
+    def recipe(self) -> dict: ...
+
 
 ExtraMetrics = Callable[[int], dict[str, float]]  # epoch -> more metrics to log with the epoch's own
 EpochHook = Callable[[int, dict[str, float]], None]  # (epoch, metrics) after they are logged
@@ -73,12 +85,9 @@ class Session:
         self,
         model: nn.Module,
         data: dict[str, torch.Tensor],
-        recipe: dict,
+        cfg: RunConfig,
         *,
-        seed: int,
         precision: str,
-        eval_every: int = 1,
-        checkpoint_every: int = 50,
         checkpoints: bool = True,
         progress: bool = True,
         extra_metrics: ExtraMetrics | None = None,
@@ -86,7 +95,8 @@ class Session:
         **hooks,
     ) -> TrainState:
         """``trainer.fit`` on ``data`` (the tensors of ``fit_tensors``: ``x_train``, ``y_train``, ``x_test``,
-        ``y_test`` and optionally ``x_val``, ``y_val``), every epoch logged.
+        ``y_test`` and optionally ``x_val``, ``y_val``) with ``cfg``'s recipe, seed and cadences, every
+        epoch logged.
 
         ``extra_metrics(epoch)`` adds to what the epoch logs; ``on_epoch(epoch, metrics)`` runs after
         the epoch is logged and sent (a scheduler may stop the process in it: nothing stays buffered).
@@ -108,11 +118,11 @@ class Session:
             return fit(
                 model,
                 **data,
-                recipe=recipe,
-                seed=seed,
+                recipe=cfg.recipe(),
+                seed=cfg.seed,
                 precision=precision,
-                eval_every=eval_every,
-                checkpoint_every=checkpoint_every,
+                eval_every=cfg.eval_every,
+                checkpoint_every=cfg.checkpoint_every,
                 checkpoint_path=ckpt,
                 resume=self.resumed,
                 on_epoch=epoch_done,

@@ -277,17 +277,8 @@ def run(
             fingerprint = ds.fingerprint()
             log_dataset_input(f"{ds.name}-{ds.task}-train", ds.x_train, ds.y_train, ds.source, fingerprint, "training")
             log_dataset_input(f"{ds.name}-{ds.task}-test", ds.x_test, ds.y_test, ds.source, fingerprint, "evaluation")
-        state = session.fit(
-            model,
-            data,
-            cfg.recipe(),
-            seed=cfg.seed,
-            precision=precision,
-            eval_every=cfg.eval_every,
-            checkpoint_every=cfg.checkpoint_every,
-            progress=progress,
-            **mask_hooks(cfg.task, ds.num_classes),
-        )
+        hooks = mask_hooks(cfg.task, ds.num_classes)
+        state = session.fit(model, data, cfg, precision=precision, progress=progress, **hooks)
         metrics = session.log_trained(model, model_config, state, metrics=False)  # logged below with the rest
         metrics.update(evaluate_splits(model, data, ds, cfg, autocast_dtype(precision), name))
         log_figure(plots.learning_curves(state.history, name), "figures/learning_curves.png")

@@ -95,7 +95,7 @@ class Study:
     dataset: str  # the reference notebook's data set (any study runs on another with --dataset, e.g. digits)
     variants: tuple[Variant, ...]
     epochs: int | None  # the notebook's epochs; None = each model's recipe
-    seed_file: str  # which reference notebook the study comes from (shared/seeds/)
+    notebook: str  # which reference notebook the study comes from (file in ../shared/seeds/)
     question: str  # what the notebook compares, written into the parent's description
     reference: str = ""  # the notebook's own numbers (Colab T4), for the description
 
@@ -379,7 +379,7 @@ def verdict(summary, plan: StudyPlan) -> str:
         f"epochs {plan.epochs or 'per recipe'}.",
     ]
     if plan.known:
-        lines.append(f"Question ({plan.known.seed_file}): {plan.known.question}")
+        lines.append(f"Question ({plan.known.notebook}): {plan.known.question}")
     lines.append(f"Rule: {CHAMPION_RULE}.")
     verdict_line = f"Verdict: champion **{champion}** (test accuracy {acc(champion)})"
     if challenger:

@@ -54,14 +54,6 @@ def run(
             log_params(params)
             log_data_inputs(ds)
         set_tags({"step": "train", "model": cfg.model, "dataset": ds.name})
-        state = session.fit(
-            model,
-            data,
-            cfg.recipe(),
-            seed=cfg.seed,
-            precision=precision,
-            eval_every=cfg.eval_every,
-            checkpoint_every=cfg.checkpoint_every,
-        )
+        state = session.fit(model, data, cfg, precision=precision)
         session.log_trained(model, model_config, state)
     return TrainResult(session.run_id, model.eval(), state, model_config)

@@ -207,11 +207,8 @@ def run_trial(
             state = session.fit(
                 model,
                 data,
-                cfg.recipe(),
-                seed=cfg.seed,
+                cfg,
                 precision=precision,
-                eval_every=cfg.eval_every,
-                checkpoint_every=cfg.checkpoint_every,
                 progress=progress,
                 on_epoch=(lambda epoch, metrics: on_epoch(rid, epoch, metrics)) if on_epoch else None,
             )

@@ -83,7 +83,7 @@ def test_auto_means_recipe_and_overrides_win():
     recipe = cfg.recipe()
     assert recipe["epochs"] == 7 and recipe["lr"] == 0.01
     assert recipe["momentum"] == 0.9 and recipe["batch_size"] == 128 and recipe["optimizer"] == "sgd"
-    assert train_config(**GOOD).recipe()["epochs"] == 500  # the seed's default for the CIFAR-100 CNNs
+    assert train_config(**GOOD).recipe()["epochs"] == 500  # the notebook's default for the CIFAR-100 CNNs
 
 
 def test_params_are_spelled_like_mlflow_run_logs_them():

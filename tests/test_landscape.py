@@ -17,14 +17,14 @@ from pipelines.analysis.landscape import (
     perturbed_parameters,
     point_coefficients,
     random_direction,
-    seed_alphas,
-    seed_grid_axis,
+    reference_alphas,
+    reference_grid_axis,
     summarize,
     trainable_parameters,
 )
 
 
-def seed_generate_theta(model: nn.Module, seed=None):
+def reference_generate_theta(model: nn.Module, seed=None):
     """The reference notebook's ``generate_theta``, verbatim but for the model argument (and no state_dict reload)."""
     model.eval()
     if seed is not None:
@@ -97,12 +97,12 @@ def reference_loss(model: nn.Module, x, y, params: dict[str, torch.Tensor]) -> f
 
 
 @pytest.mark.parametrize("name", ["cnn_seed", "pooling_cnn"])
-def test_direction_is_the_seeds_generate_theta(name):
+def test_direction_is_the_notebooks_generate_theta(name):
     model = create_model(name, num_classes=3)
     state_before = np.random.get_state()[1].copy()
     d = random_direction(model, seed=1011)
     assert np.array_equal(np.random.get_state()[1], state_before)  # the global RNG is left alone
-    expected = seed_generate_theta(model, seed=1011)
+    expected = reference_generate_theta(model, seed=1011)
     names = [n for n, _ in model.named_parameters()]
     assert list(d) == names  # parameters() order; the Normalize buffers are not there
     for n, e in zip(names, expected, strict=True):
@@ -157,7 +157,7 @@ def test_centre_is_the_unperturbed_loss(tiny):
     d1, d2 = random_direction(model, 0), random_direction(model, 1)
     model.train()  # the landscape runs in eval mode and gives the mode back
     for mode in ("seed", "li"):
-        alphas = seed_alphas()[::20]  # every 20th of the reference notebook's 600 points, 0.0 included
+        alphas = reference_alphas()[::20]  # every 20th of the reference notebook's 600 points, 0.0 included
         stats = summarize(alphas, loss_curve(model, x8, y.numpy(), alphas, d1, mode, chunk=32, progress=False))
         assert stats["loss_center"] == pytest.approx(plain8, abs=1e-5)
         assert stats["loss_min"] <= stats["loss_center"]
@@ -168,8 +168,8 @@ def test_centre_is_the_unperturbed_loss(tiny):
 
 
 def test_axes_and_summary():
-    assert np.array_equal(seed_grid_axis(), np.arange(-150, 151, 5) / 100)
-    assert len(seed_alphas()) == 600 and seed_alphas()[0] == -1.5
+    assert np.array_equal(reference_grid_axis(), np.arange(-150, 151, 5) / 100)
+    assert len(reference_alphas()) == 600 and reference_alphas()[0] == -1.5
     a = np.linspace(-1, 1, 201)
     s = summarize(a, 1 + a**2)
     assert s["loss_center"] == pytest.approx(1) and s["sharpness"] == pytest.approx(0.25, abs=1e-3)

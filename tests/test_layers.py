@@ -7,17 +7,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bench.common import SeedNormalize, make_model, seed_model  # the benchmark's seed baseline
+from bench.common import ReferenceNormalize, make_model, reference_model  # the benchmark's reference baseline
 from models.cifar100 import POOLINGS
 from models.layers import Flatten, FlattenLinear, Normalize
 
 MEAN, STD = (0.5074, 0.4867, 0.4411), (0.2011, 0.1987, 0.2025)
 
 
-def test_normalize_equals_the_seed_formula():
+def test_normalize_equals_the_notebook_formula():
     x = torch.rand(5, 7, 9, 3, generator=torch.Generator().manual_seed(0)) * 255  # H != W: rows are W*C long
     got = Normalize(MEAN, STD)(x)
-    torch.testing.assert_close(got, SeedNormalize(MEAN, STD, "cpu")(x), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(got, ReferenceNormalize(MEAN, STD, "cpu")(x), rtol=1e-6, atol=1e-6)
     assert got.shape == (5, 3, 7, 9)
     assert got.is_contiguous(memory_format=torch.channels_last)  # convs after it run channels_last
 
@@ -94,17 +94,17 @@ def test_flatten_linear_state_dict_and_eval_path_are_nn_linear():
 
 
 @pytest.mark.parametrize("pooling", POOLINGS)
-def test_pooling_cnn_is_the_seed_network(pooling):
+def test_pooling_cnn_is_the_notebook_network(pooling):
     """Our pooling_cnn (vectorised Normalize, max pool before its ReLU, NHWC-order FlattenLinear) computes
-    the reference notebook's network (``bench.common.seed_model``: the notebook's layers, which the benchmark's seed
-    loop trains, given our initial weights): same logits and same gradients."""
+    the reference notebook's network (``bench.common.reference_model``: the notebook's layers, which the
+    benchmark's reference loop trains, given our initial weights): same logits and same gradients."""
     ours = make_model(pooling, 0)  # channels_last, as the trainer runs it
-    seed = seed_model(pooling, 0)
+    reference = reference_model(pooling, 0)
     x = torch.rand(16, 32, 32, 3, generator=torch.Generator().manual_seed(1)) * 255
     y = torch.randint(0, 3, (16,), generator=torch.Generator().manual_seed(2))
     logits = ours(x)
-    torch.testing.assert_close(logits, seed(x), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(logits, reference(x), rtol=1e-4, atol=1e-5)
     F.cross_entropy(logits, y).backward()
-    F.cross_entropy(seed(x), y).backward()
-    for (name, p), q in zip(ours.named_parameters(), seed.parameters(), strict=True):
+    F.cross_entropy(reference(x), y).backward()
+    for (name, p), q in zip(ours.named_parameters(), reference.parameters(), strict=True):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=name)

@@ -14,29 +14,29 @@ from models import count_params, create_model, list_models, model_info
 from models.custom_layers import CBAM, LearnableSwish, MixedPool2d, WSConv2d
 from models.layers import Normalize
 
-# Parameter counts for 10 classes. Seed counts (SPEC S2/S4, checked against the reference notebooks' printouts) are
+# Parameter counts for 10 classes. Notebook counts (SPEC S2/S4, checked against the reference notebooks' printouts) are
 # marked; the others are our designs' counts, documented in each builder's docstring.
 EXPECTED_PARAMS = {
-    "fcnet": 567_434,  # seed
-    "simple_cnn": 241_546,  # seed
-    "resnet_like": 290_058,  # seed
+    "fcnet": 567_434,  # notebook
+    "simple_cnn": 241_546,  # notebook
+    "resnet_like": 290_058,  # notebook
     "deep_fcnet": 9_050_378,
     "resnet_cifar": 602_154,
     "resnet_cifar_reg": 602_154,
-    "cnn_k3": 20_042,  # seed
-    "cnn_k5": 19_922,  # seed
-    "cnn_k7": 18_782,  # seed
-    "cnn_combo": 19_274,  # seed
+    "cnn_k3": 20_042,  # notebook
+    "cnn_k5": 19_922,  # notebook
+    "cnn_k7": 18_782,  # notebook
+    "cnn_combo": 19_274,  # notebook
     "shallow_cnn": 20_042,
     "medium_cnn": 242_122,
     "deep_cnn": 537_290,
     "residual_cnn": 880_906,
     "cnn_custom": 100_614,
     "cnn_standard": 94_538,
-    "basic_resnet": 304_810,  # seed
-    "bottleneck_resnet": 33_770,  # seed
-    "wide_resnet": 886_762,  # seed
-    "keras_cnn": 4_293_194,  # seed
+    "basic_resnet": 304_810,  # notebook
+    "bottleneck_resnet": 33_770,  # notebook
+    "wide_resnet": 886_762,  # notebook
+    "keras_cnn": 4_293_194,  # notebook
 }
 MODELS = sorted(EXPECTED_PARAMS)
 S2_RECIPE = {"optimizer": "adam", "lr": 1e-3, "batch_size": 128, "epochs": 10}

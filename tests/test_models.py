@@ -33,7 +33,7 @@ def example(name: str, batch: int = 4) -> torch.Tensor:
 
 
 @pytest.mark.parametrize(("name", "pooling"), list(EXPECTED_PARAMS))
-def test_seed_parameter_counts(name, pooling):
+def test_notebook_parameter_counts(name, pooling):
     model = create_model(name, num_classes=3, **({"pooling": pooling} if pooling else {}))
     assert count_params(model) == EXPECTED_PARAMS[(name, pooling)]
 

@@ -26,7 +26,7 @@ STAND_IN = DataUsed("stand-in", "synthetic", "cifar100")
 SUBSET = DataUsed("real", "real copy", "cifar10", "real subset (10,000 train images)", "subset (10,000 train images)")
 
 
-def test_claims_file_covers_every_seed_experiment():
+def test_claims_file_covers_every_notebook_experiment():
     assert set(CLAIMS.experiments) == {
         "lab2_cnn", "pooling", "mnist_arch", "cifar10_arch", "kernel", "depth", "custom", "residual", "keras",
     }  # fmt: skip
@@ -39,7 +39,7 @@ def test_claims_file_covers_every_seed_experiment():
 
 @pytest.mark.parametrize("claim", PARAM_CLAIMS, ids=lambda c: c.id)
 def test_parameter_count_claims_match_exactly(claim):
-    assert reproduce.count_params(CLAIMS.experiments[claim.experiment], claim.config) == int(claim.seed)
+    assert reproduce.count_params(CLAIMS.experiments[claim.experiment], claim.config) == int(claim.reference)
 
 
 def test_ordering_claims_name_their_notebook_section_and_configs():
@@ -85,7 +85,7 @@ def test_select_and_bad_names():
 def test_malformed_claims_file_is_one_clear_error(tmp_path):
     bad = tmp_path / "claims.yaml"
     bad.write_text(
-        "experiments:\n  x: {seed_file: s, dataset: cifar100, epochs: 1, quick_epochs: 1, hardware: T4,"
+        "experiments:\n  x: {notebook: s, dataset: cifar100, epochs: 1, quick_epochs: 1, hardware: T4,"
         " tolerance: 0.1, configs: {a: {model: no_such_model}}}\nclaims: []\n"
     )
     with pytest.raises(ConfigError, match="no_such_model"):
@@ -94,8 +94,8 @@ def test_malformed_claims_file_is_one_clear_error(tmp_path):
 
 def _judge(claim, ours, data=REAL, scale="full"):
     return judge(
-        claim, ours, data=data, scale=scale, tolerance=0.02, seed_epochs=500, our_epochs=500 if scale == "full" else 20,
-        hardware=("Colab T4 GPU", "test CPU"),
+        claim, ours, data=data, scale=scale, tolerance=0.02, reference_epochs=500,
+        our_epochs=500 if scale == "full" else 20, hardware=("Colab T4 GPU", "test CPU"),
     )  # fmt: skip
 
 
@@ -137,7 +137,7 @@ def test_stand_in_and_quick_accuracies_are_never_compared():
     assert (stand_in.verdict, stand_in.stand_in) == ("not comparable", True)
     assert "diff" not in stand_in.extra
     quick = _judge(ACC, Measured(0.93, 0.0, 1), scale="quick")
-    assert quick.verdict == "not comparable" and "quick scale: 20 of the seed's 500 epochs" in quick.detail
+    assert quick.verdict == "not comparable" and "quick scale: 20 of the notebook's 500 epochs" in quick.detail
 
 
 def test_time_claims_are_ratios_per_epoch_naming_both_machines():

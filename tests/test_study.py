@@ -11,7 +11,7 @@ from pipelines.config import ConfigError
 # ---- plans: every parameter checked before any run ----
 
 
-def test_study_table_names_every_seed_comparison():
+def test_study_table_names_every_notebook_comparison():
     from models import list_models
     from pipelines.study import STUDIES, make_train_cfg
 

@@ -89,9 +89,12 @@ LOCAL_UI = "http://127.0.0.1:5000"  # `make server` / `mlflow ui` for a local st
 STARTED: list[str] = []  # top-level runs this process started, in order (linked after each command)
 
 
-def ui_url(experiment_id: str | None = None, run_id: str | None = None) -> str:
-    """The MLflow UI page of an experiment (or one of its runs), opening on the model-training view."""
-    uri = mlflow.get_tracking_uri()
+def ui_url(experiment_id: str | None = None, run_id: str | None = None, base: str | None = None) -> str:
+    """The MLflow UI page of the experiments, an experiment or one of its runs, on the model-training view.
+
+    ``base``: the server's URL (default: the tracking URI when it is a server, else ``LOCAL_UI``).
+    """
+    uri = base or mlflow.get_tracking_uri()
     base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else LOCAL_UI
     if experiment_id is None:
         return f"{base}/#/experiments?{UI_VIEW}"

@@ -72,12 +72,12 @@ _SKIP = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d)
 # ----------------------------------------------------------------------------------------- axes
 
 
-def seed_alphas() -> np.ndarray:
+def reference_alphas() -> np.ndarray:
     """The reference notebooks' 1-D axis: α from -1.5 to 1.495 in steps of 0.005 (600 points)."""
     return np.arange(-1500, 1500, 5) / 1000
 
 
-def seed_grid_axis(step: float = 0.05, limit: float = 1.5) -> np.ndarray:
+def reference_grid_axis(step: float = 0.05, limit: float = 1.5) -> np.ndarray:
     """The reference notebooks' 2-D axis ``np.arange(-150, 151, 5) / 100``: -1.5..1.5 step 0.05, 61 values."""
     n = int(round(limit / step))
     return np.round(np.arange(-n, n + 1) * step, 12)
@@ -104,7 +104,7 @@ def _slice_norm_ratio(p: np.ndarray, r: np.ndarray, normalization: str) -> np.nd
         return (norm_p / norm_r).reshape(-1, 1)
     if rank <= 1:  # bias (and scalars): whole vector
         return np.sqrt((p**2).sum()) / np.sqrt((r**2).sum())
-    # "filter" (Li et al.), and ranks the seed has no rule for: per output filter over everything else
+    # "filter" (Li et al.), and ranks the notebook has no rule for: per output filter over everything else
     axes = tuple(range(1, rank))
     norm_r = np.sqrt((r**2).sum(axis=axes, keepdims=True))
     norm_p = np.sqrt((p**2).sum(axis=axes, keepdims=True))
@@ -170,7 +170,7 @@ def perturbed_parameters(
     d2: dict[str, Tensor] | None = None,
     beta: float = 0.0,
 ) -> dict[str, Tensor]:
-    """One point, computed literally as the seeds / Li et al. write it (the reference for tests)."""
+    """One point, computed literally as the notebooks / Li et al. write it (the reference for tests)."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
     out = {}

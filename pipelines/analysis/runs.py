@@ -95,12 +95,12 @@ def _tensor(a: np.ndarray, device) -> torch.Tensor:
 
 def _axis(step: float, limit: float, cap: int | None) -> np.ndarray:
     """-limit..limit by ``step`` (0 included); with ``cap``, coarser so that it has at most ``cap`` values."""
-    from pipelines.analysis.landscape import seed_grid_axis
+    from pipelines.analysis.landscape import reference_grid_axis
 
     half = max(1, int(round(limit / step)))
     if cap is not None and 2 * half + 1 > cap:
         half = max(1, (cap - 1) // 2)
-    return seed_grid_axis(limit / half, limit)
+    return reference_grid_axis(limit / half, limit)
 
 
 def landscape_figures(alphas: np.ndarray, curve: np.ndarray, grid_axis: np.ndarray, z: np.ndarray) -> dict:
@@ -320,10 +320,8 @@ def gradients(
             state = session.fit(
                 model,
                 data,
-                cfg.recipe(),
-                seed=cfg.seed,
+                cfg,
                 precision=precision,
-                eval_every=cfg.eval_every,
                 checkpoints=False,
                 progress=progress,
                 extra_metrics=lambda _epoch: recorder.epoch_end(),

@@ -62,7 +62,7 @@ def segment(experiment, resume_run_id, **raw):
 def server(port, backend_store_uri, artifacts_destination):
     """Start a local MLflow tracking server + UI on 127.0.0.1 (Ctrl-C stops it)."""
     from tracking.errors import TrackingError
-    from tracking.server import start_server, stop_server
+    from tracking.server import start_server
     from tracking.store import ensure_store
 
     try:
@@ -71,16 +71,7 @@ def server(port, backend_store_uri, artifacts_destination):
         _fail(str(e), 2)
 
     proc, url = start_server(backend_store_uri, artifacts_destination, port=port)
-    click.echo(
-        f"MLflow server + UI at {url}/#/experiments?workflowType=machine_learning  "
-        f"(export MLFLOW_TRACKING_URI={url}); Ctrl-C to stop"
-    )
-    try:
-        proc.wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        stop_server(proc)
+    _serve_until_stopped(proc, url)
 
 
 @cli.command("server-postgres", context_settings={"ignore_unknown_options": True})
@@ -102,7 +93,7 @@ def server_postgres(port, host, backend_store_uri, artifacts_destination, app_na
     Arguments after `--` go to `mlflow server` unchanged (e.g. -- --allowed-hosts mlflow.lab:5000).
     """
     from tracking.postgres import PostgresError, ensure_database, pg_uri_from_env, redact, split_password
-    from tracking.server import start_server, stop_server
+    from tracking.server import start_server
 
     uri = backend_store_uri or pg_uri_from_env()
     try:
@@ -117,11 +108,16 @@ def server_postgres(port, host, backend_store_uri, artifacts_destination, app_na
         proc, url = start_server(bare_uri, artifacts_destination, host, port, extra, env, log, timeout_s=180)
     except RuntimeError as e:
         _fail(str(e), 1)
-    click.echo(
-        f"MLflow server + UI at {url}/#/experiments?workflowType=machine_learning on {redact(uri)}"
-        f"{' (database created)' if created else ''}, artifacts in "
-        f"{artifacts_destination}  (export MLFLOW_TRACKING_URI={url}); Ctrl-C to stop"
-    )
+    where = f" on {redact(uri)}{' (database created)' if created else ''}, artifacts in {artifacts_destination}"
+    _serve_until_stopped(proc, url, where)
+
+
+def _serve_until_stopped(proc, url: str, where: str = "") -> None:
+    """The banner (a link that opens the UI's model-training view), then wait for Ctrl-C and stop the server."""
+    from tracking.runs import ui_url
+    from tracking.server import stop_server
+
+    click.echo(f"MLflow server + UI at {ui_url(base=url)}{where}  (export MLFLOW_TRACKING_URI={url}); Ctrl-C to stop")
     try:
         proc.wait()
     except KeyboardInterrupt:

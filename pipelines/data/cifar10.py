@@ -11,7 +11,7 @@ import numpy as np
 
 from pipelines.data import DataError, Dataset, class_subset
 from pipelines.data.download import cache_dir, download, extract_tar, md5sum
-from pipelines.data.pickles import load_cifar_pickle
+from pipelines.data.pickles import cifar_images, load_cifar_pickle
 from pipelines.data.synthetic import make_split
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -76,22 +76,7 @@ def _unpickle(path: Path) -> dict:
 
 
 def _batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    d = _unpickle(path)
-    for key in ("data", "labels"):
-        if key not in d:
-            raise DataError(f"{path}: key {key!r} missing (keys: {sorted(map(str, d))})")
-    data = np.asarray(d["data"])
-    try:
-        labels = np.asarray(d["labels"], dtype=np.int64).reshape(-1)
-    except (TypeError, ValueError) as e:
-        raise DataError(f"{path}: 'labels' must be a list of integers ({e})") from None
-    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
-        raise DataError(f"{path}: 'data' must be uint8 [N, 3072], found {data.dtype} {list(data.shape)}")
-    if len(labels) != len(data):
-        raise DataError(f"{path}: {len(data)} images but {len(labels)} labels")
-    if len(labels) and (labels.min() < 0 or labels.max() > 9):
-        raise DataError(f"{path}: labels outside 0..9")
-    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels  # CHW rows -> NHWC
+    return cifar_images(path, _unpickle(path), "labels", NUM_LABELS)
 
 
 def _split(folder: Path, files: list[str]) -> tuple[np.ndarray, np.ndarray]:

@@ -11,7 +11,7 @@ import numpy as np
 
 from pipelines.data import DataError, Dataset, class_subset
 from pipelines.data.download import cache_dir, download, extract_tar, md5sum
-from pipelines.data.pickles import load_cifar_pickle
+from pipelines.data.pickles import cifar_images, load_cifar_pickle
 from pipelines.data.synthetic import make_split
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
@@ -22,7 +22,7 @@ FILE_MD5 = {"train": "16019d7e3df5f24257cddd939b257f8d", "test": "f0ef6b0ae62326
 NAME = "cifar100"
 NUM_LABELS = 100
 DEFAULT_CLASSES = [0, 33, 41]
-MEAN = (0.5074, 0.4867, 0.4411)  # the seed's normalisation constants (full CIFAR-100 train set)
+MEAN = (0.5074, 0.4867, 0.4411)  # the notebook's normalisation constants (full CIFAR-100 train set)
 STD = (0.2011, 0.1987, 0.2025)
 
 
@@ -50,22 +50,11 @@ def _find_folder(data_dir: Path | None) -> Path:
 
 
 def _split(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    d = load_cifar_pickle(path)
-    for key in ("data", "fine_labels"):
-        if key not in d:
-            raise DataError(f"{path}: key {key!r} missing (keys: {sorted(d)})")
-    data = np.asarray(d["data"])
-    labels = np.asarray(d["fine_labels"], dtype=np.int64)
-    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
-        raise DataError(f"{path}: 'data' must be uint8 [N, 3072], found {data.dtype} {list(data.shape)}")
-    if len(labels) != len(data):
-        raise DataError(f"{path}: {len(data)} images but {len(labels)} labels")
-    if len(labels) and (labels.min() < 0 or labels.max() > 99):
-        raise DataError(f"{path}: fine labels outside 0..99")
+    images = cifar_images(path, load_cifar_pickle(path), "fine_labels", NUM_LABELS)
     if path.name in FILE_MD5 and md5sum(path) != FILE_MD5[path.name]:
         # Users keep subset or re-packed copies: valid structure is enough, say that it differs.
         warnings.warn(f"{path}: md5 differs from the official file (a subset or re-packed copy?)", stacklevel=2)
-    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels  # CHW rows -> NHWC
+    return images
 
 
 def load(data_dir: str | Path | None = None, classes: Sequence[int] = DEFAULT_CLASSES) -> Dataset:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import pickle
 from pathlib import Path
 
+import numpy as np
+
 from pipelines.data import DataError
 
 _ALLOWED = {
@@ -41,3 +43,22 @@ def load_cifar_pickle(path: Path) -> dict:
     if not isinstance(obj, dict):
         raise DataError(f"{path}: expected a dict, found {type(obj).__name__}")
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
+
+
+def cifar_images(path: Path, d: dict, label_key: str, num_labels: int) -> tuple[np.ndarray, np.ndarray]:
+    """``d``'s images as uint8 NHWC and its ``label_key`` labels as int64, checked; DataError naming ``path``."""
+    for key in ("data", label_key):
+        if key not in d:
+            raise DataError(f"{path}: key {key!r} missing (keys: {sorted(map(str, d))})")
+    data = np.asarray(d["data"])
+    try:
+        labels = np.asarray(d[label_key], dtype=np.int64).reshape(-1)
+    except (TypeError, ValueError) as e:
+        raise DataError(f"{path}: {label_key!r} must be a list of integers ({e})") from None
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        raise DataError(f"{path}: 'data' must be uint8 [N, 3072], found {data.dtype} {list(data.shape)}")
+    if len(labels) != len(data):
+        raise DataError(f"{path}: {len(data)} images but {len(labels)} labels")
+    if len(labels) and (labels.min() < 0 or labels.max() > num_labels - 1):
+        raise DataError(f"{path}: {label_key.replace('_', ' ')} outside 0..{num_labels - 1}")
+    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels  # CHW rows -> NHWC

@@ -1,4 +1,4 @@
-"""Segmentation data (issue 9): a generated digits-on-canvas task, and a loader for folders of PNGs.
+"""Segmentation data: a generated digits-on-canvas task, and a loader for folders of PNGs.
 
 ``segdigits`` — built from sklearn's bundled ``load_digits`` (real 8x8 handwriting, offline).
 Each canvas (default 48x48, grey) holds 1..``max_digits`` digits, each upscaled bilinearly by

@@ -15,7 +15,7 @@ CLAIMS_FILE = Path(__file__).with_name("claims.yaml")
 ACCURACY_METRICS = ("test_accuracy", "train_accuracy")
 TIME_METRICS = ("train_seconds", "inference_seconds")
 METRICS = (*ACCURACY_METRICS, "num_params", *TIME_METRICS)
-# Image shape per data set as the seeds use it: parameter counts are checked on it without loading data.
+# Image shape per data set as the notebooks use it: parameter counts are checked on it without loading data.
 IMAGE_SHAPES = {"cifar100": (32, 32, 3), "cifar10": (32, 32, 3), "mnist": (28, 28, 1)}
 # Ordering claims: which configuration is above which on a study summary column.
 ORDER_METRICS = ("test_accuracy", "train_accuracy", "overfit_gap", "train_seconds")
@@ -28,14 +28,14 @@ SUBSET_KEY = "subset"
 @dataclass(frozen=True)
 class Experiment:
     name: str  # also the study name (rows of its comparison table = configs)
-    seed_file: str
+    notebook: str
     dataset: str
     classes: str  # "0,33,43" or "default"
-    epochs: int  # --scale full: the seed's
+    epochs: int  # --scale full: the notebook's
     quick_epochs: int  # --scale quick
     recipe: dict[str, str]  # the same for every config
     configs: dict[str, dict[str, str]]  # label -> {"model": ..., options}
-    hardware: str  # what the seed ran on
+    hardware: str  # what the notebook ran on
     tolerance: float  # the former fixed accuracy tolerance; verdicts now use pipelines.reproduce.stats
     reference_test_images: int | None = None  # the notebook's test-set size (its binomial error)
 
@@ -55,8 +55,8 @@ class Claim:
     experiment: str
     config: str
     metric: str
-    seed: float  # the seed's value
-    source: str  # seed file and section
+    reference: float  # the notebook's value
+    source: str  # notebook file and section
     tolerance: float | None = None  # overrides the experiment's
     comparable: bool = True
     why: str = ""  # why not comparable
@@ -134,7 +134,7 @@ def _experiment(name: str, raw: dict) -> Experiment:
         classes = raw.get("classes", "default")
         exp = Experiment(
             name=name,
-            seed_file=str(raw["seed_file"]),
+            notebook=str(raw["notebook"]),
             dataset=parse_choice(f"{name}.dataset", raw["dataset"], DATASETS),
             classes=",".join(map(str, classes)) if isinstance(classes, list) else str(classes),
             epochs=int(raw["epochs"]),

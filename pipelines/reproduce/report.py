@@ -24,7 +24,7 @@ RULES = (
     "with one seed: reproduced only within the binomial part, else not distinguishable; "
     "compared only on real, full data at --scale full (a subset's accuracies are labelled, not compared)",
     "parameter counts: must match exactly (checked without training), else mismatch",
-    "times: ours / seed per epoch as a ratio with both machines named, never pass/fail",
+    "times: ours / reference per epoch as a ratio with both machines named, never pass/fail",
 )
 ORDER_RULES = (
     f"A above B: Welch's one-sided t-test on the per-seed values, alpha {stats.ALPHA}, with the binomial variance "
@@ -84,19 +84,19 @@ def judge(
     data: DataUsed | None,
     scale: str,
     tolerance: float | None = None,  # no longer decides: kept so existing callers need not change
-    seed_epochs: int,
+    reference_epochs: int,
     our_epochs: int,
-    hardware: tuple[str, str],  # (the seed's, ours)
+    hardware: tuple[str, str],  # (the notebook's, ours)
 ) -> Row:
     """One claim's verdict by ``RULES``."""
     row = Row(claim, ours, "", "", data, scale)
     if claim.metric == "num_params":
         if ours is None:
             row.verdict, row.detail = "not run", "model could not be built"
-        elif int(ours.mean) == int(claim.seed):
+        elif int(ours.mean) == int(claim.reference):
             row.verdict, row.detail = "reproduced", "exact"
         else:
-            row.verdict, row.detail = "mismatch", f"ours {int(ours.mean):,} vs seed {int(claim.seed):,}"
+            row.verdict, row.detail = "mismatch", f"ours {int(ours.mean):,} vs reference {int(claim.reference):,}"
         row.data, row.scale = None, "no training"
         return row
     if ours is None or math.isnan(ours.mean):
@@ -106,32 +106,37 @@ def judge(
         row.verdict, row.detail = "not comparable", claim.why
         return row
     if row.stand_in:
-        row.verdict, row.detail = "not comparable", f"stand-in data ({data.dataset}): never compared with a seed value"
+        row.verdict, row.detail = (
+            "not comparable",
+            f"stand-in data ({data.dataset}): never compared with a reference value",
+        )
         return row
     if claim.metric in ACCURACY_METRICS:
         if data is not None and data.subset:
             row.verdict = "not comparable"
             row.detail = f"{data.subset}: the notebook trained on the full data set; orderings are checked instead"
             return row
-        diff = ours.mean - claim.seed
+        diff = ours.mean - claim.reference
         row.extra["diff"] = diff
         if scale != "full":
             row.verdict = "not comparable"
-            row.detail = f"quick scale: {our_epochs} of the seed's {seed_epochs} epochs"
+            row.detail = f"quick scale: {our_epochs} of the notebook's {reference_epochs} epochs"
             return row
-        check = stats.check_value(claim.seed, stats.Sample(ours.mean, ours.std, ours.n), claim.reference_test_images)
+        check = stats.check_value(
+            claim.reference, stats.Sample(ours.mean, ours.std, ours.n), claim.reference_test_images
+        )
         row.verdict, row.detail = check.verdict, check.note
         row.extra["half_width"] = check.half_width
         return row
     # time: per epoch, both machines named
-    seed_per_epoch = claim.seed / seed_epochs
+    reference_per_epoch = claim.reference / reference_epochs
     ours_per_epoch = ours.mean / max(our_epochs, 1)
-    ratio = ours_per_epoch / seed_per_epoch
+    ratio = ours_per_epoch / reference_per_epoch
     row.extra["ratio"] = ratio
     row.verdict = "ratio"
     row.detail = (
-        f"ours {ours_per_epoch:.3g} s/epoch on {hardware[1]} = {ratio:.2f}x the seed's {seed_per_epoch:.3g} s/epoch "
-        f"on {hardware[0]}"
+        f"ours {ours_per_epoch:.3g} s/epoch on {hardware[1]} = {ratio:.2f}x the notebook's "
+        f"{reference_per_epoch:.3g} s/epoch on {hardware[0]}"
     )
     if data is not None and data.subset:
         row.detail += f"; ours on the {data.subset}"
@@ -266,7 +271,7 @@ def diff_text(row: Row) -> str:
     if "ratio" in row.extra:
         return f"{row.extra['ratio']:.2f}x per epoch"
     if row.verdict in ("reproduced", "mismatch") and row.ours is not None:
-        return f"{int(row.ours.mean - row.claim.seed):+,}"
+        return f"{int(row.ours.mean - row.claim.reference):+,}"
     return ""
 
 
@@ -277,7 +282,7 @@ def data_text(row: Row) -> str:
     return f"{flag}{row.data.label or row.data.dataset}"
 
 
-COLUMNS = ("claim", "source", "seed", "ours", "diff", "verdict", "why", "data")
+COLUMNS = ("claim", "source", "reference", "ours", "diff", "verdict", "why", "data")
 
 
 def _cells(row: Row) -> list[str]:
@@ -285,7 +290,7 @@ def _cells(row: Row) -> list[str]:
     return [
         c.id,
         c.source,
-        _fmt(c.metric, c.seed),
+        _fmt(c.metric, c.reference),
         ours_text(row),
         diff_text(row),
         row.verdict,
@@ -390,6 +395,19 @@ img{max-width:100%;margin:6px 0}
 """
 
 
+def _html_table(columns, rows: list[tuple[str, list[str], str, bool]], verdict_at: int) -> str:
+    """A table of (row id, cells, verdict, on stand-in data) rows; the verdict and stand-in cells are styled."""
+    e = html.escape
+    out = ["<table><tr>" + "".join(f"<th>{e(c)}</th>" for c in columns) + "</tr>"]
+    for row_id, cells, verdict, stand_in in rows:
+        tds = [f"<td>{e(x)}</td>" for x in cells]
+        tds[verdict_at] = f"<td class='{verdict.replace(' ', '')}'>{e(cells[verdict_at])}</td>"
+        if stand_in:
+            tds[-1] = f"<td class='standin'>{e(cells[-1])}</td>"
+        out.append(f"<tr id='{e(row_id)}'>" + "".join(tds) + "</tr>")
+    return "".join(out) + "</table>"
+
+
 def html_page(
     rows: list[Row], header: dict[str, str], figures: dict[str, list[Path]], orderings: list[OrderRow] = ()
 ) -> str:
@@ -403,30 +421,15 @@ def html_page(
     out.append("<ul>" + "".join(items))
     out.append("</ul><p>Rules: " + "; ".join(e(r) for r in RULES) + ".</p>")
     out.append("<p>Verdicts: " + ", ".join(f"{e(k)} {v}" for k, v in counts(rows).items()) + "</p>")
-    out.append("<table><tr>" + "".join(f"<th>{e(c)}</th>" for c in COLUMNS) + "</tr>")
-    for row in rows:
-        cells = _cells(row)
-        tds = [f"<td>{e(x)}</td>" for x in cells]
-        tds[5] = f"<td class='{row.verdict.replace(' ', '')}'>{e(cells[5])}</td>"
-        if row.stand_in:
-            tds[-1] = f"<td class='standin'>{e(cells[-1])}</td>"
-        out.append(f"<tr id='{e(row.claim.id)}'>" + "".join(tds) + "</tr>")
-    out.append("</table>")
+    out.append(_html_table(COLUMNS, [(r.claim.id, _cells(r), r.verdict, r.stand_in) for r in rows], verdict_at=5))
     if orderings:
         out.append("<h2>Orderings (the notebooks' conclusions)</h2>")
         out.append("<p>Rules: " + "; ".join(e(r) for r in ORDER_RULES) + ".</p>")
         out.append(
             "<p>Verdicts: " + ", ".join(f"{e(k)} {v}" for k, v in order_counts(list(orderings)).items()) + "</p>"
         )
-        out.append("<table><tr>" + "".join(f"<th>{e(c)}</th>" for c in ORDER_COLUMNS) + "</tr>")
-        for row in orderings:
-            cells = _order_cells(row)
-            tds = [f"<td>{e(x)}</td>" for x in cells]
-            tds[4] = f"<td class='{row.verdict.replace(' ', '')}'>{e(cells[4])}</td>"
-            if row.stand_in:
-                tds[-1] = f"<td class='standin'>{e(cells[-1])}</td>"
-            out.append(f"<tr id='{e(row.ordering.id)}'>" + "".join(tds) + "</tr>")
-        out.append("</table>")
+        cells = [(r.ordering.id, _order_cells(r), r.verdict, r.stand_in) for r in orderings]
+        out.append(_html_table(ORDER_COLUMNS, cells, verdict_at=4))
     for exp, paths in figures.items():
         out.append(f"<h2>{e(exp)}</h2>")
         for p in paths:

@@ -1,4 +1,5 @@
-"""Entry point ``reproduce``: re-run the seed experiments and put each seed claim beside our value.
+"""Entry point ``reproduce``: re-run the reference notebooks' experiments and put each of their
+claims beside our value.
 
 One parent run (experiment ``reproduce``) with one ``study`` child per experiment in
 ``claims.yaml`` (its trials as grandchildren, reused when a finished trial with the same params
@@ -10,7 +11,7 @@ Data: each experiment's data set is loaded from ``data_dir`` (a folder holding t
 layouts: ``cifar-100-python/``, ``cifar-10-batches-py/``, ``mnist/``) or the download cache. It
 counts as *real* when its checksums are the official ones or those of a known real copy
 (``real_copies``); anything else (synthetic files, an unverified copy, the ``digits`` stand-in
-used when the data set is unavailable) is flagged as a stand-in and never compared with a seed
+used when the data set is unavailable) is flagged as a stand-in and never compared with a reference
 accuracy.
 """
 
@@ -145,7 +146,7 @@ def resolve_data(
 
 
 def count_params(exp: Experiment, label: str) -> int:
-    """The model as the seed built it (its data set's image shape and classes), trainable parameters."""
+    """The model as the notebook built it (its data set's image shape and classes), trainable parameters."""
     return count_trainable(_build(exp, label, exp.num_classes(), IMAGE_SHAPES[exp.dataset]))
 
 
@@ -249,7 +250,7 @@ def _rows(book: Claims, summaries: dict, data_used: dict, scale: str, hardware: 
             data=data_used.get(c.experiment),
             scale=scale,
             tolerance=c.tolerance if c.tolerance is not None else exp.tolerance,
-            seed_epochs=exp.epochs,
+            reference_epochs=exp.epochs,
             our_epochs=exp.epochs if scale == "full" else exp.quick_epochs,
             hardware=(exp.hardware, hardware),
         )
@@ -261,9 +262,9 @@ def _rows(book: Claims, summaries: dict, data_used: dict, scale: str, hardware: 
 
 def _header(book: Claims, scale: str, seed_text: str, hardware: str, data_used: dict, parent_id: str) -> dict:
     return {
-        "title": f"Reproduction of the seed claims ({scale} scale)",
+        "title": f"Reproduction of the reference notebooks' claims ({scale} scale)",
         "banner": (
-            "QUICK SCALE: fewer epochs and one seed; accuracies are not compared with the seeds' values."
+            "QUICK SCALE: fewer epochs and one seed; accuracies are not compared with the notebooks' values."
             if scale == "quick"
             else ""
         ),
@@ -271,7 +272,7 @@ def _header(book: Claims, scale: str, seed_text: str, hardware: str, data_used: 
         "experiments": ", ".join(book.experiments),
         "seeds": seed_text,
         "our hardware": hardware,
-        "seed hardware": "; ".join(sorted({e.hardware for e in book.experiments.values()})),
+        "reference hardware": "; ".join(sorted({e.hardware for e in book.experiments.values()})),
         "data": _data_summary(data_used),
         "mlflow run": parent_id,
     }
