@@ -42,7 +42,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from models import count_params, create_model
+from models import count_params
 from pipelines.config import ConfigError
 from pipelines.data.segmentation import SegDataset, load_folder, load_generated
 from pipelines.device import autocast_dtype, pick_device, pick_precision
@@ -55,7 +55,7 @@ from pipelines.segmentation_metrics import (
     report_table,
     segmentation_scores,
 )
-from pipelines.trained import inference_latency, predict
+from pipelines.trained import inference_latency, instantiate, model_config_for, predict
 from tracking.runs import log_metrics, set_tags
 
 PARITY_IMAGES = 64  # test images compared between onnxruntime and torch (a batch the export never saw)
@@ -70,28 +70,17 @@ def load_data(cfg: SegmentConfig) -> SegDataset:
 
 def build_model(cfg: SegmentConfig, ds: SegDataset) -> tuple[nn.Module, dict]:
     """Model + the config ``pipelines.trained.instantiate``/``load_trained`` rebuild it from."""
-    model_config = {
-        "model": cfg.model,
-        "options": cfg.model_options(),
-        "num_classes": ds.out_channels,
-        "in_shape": list(ds.in_shape),
-        "mean": list(ds.mean),
-        "std": list(ds.std),
-        "task": ds.task,
-        "class_names": ds.class_names,
-        "dataset": ds.name,
-        "output": "logits [batch, num_classes, H, W]; binary: sigmoid > 0.5, multiclass: argmax over classes",
-    }
+    model_config = model_config_for(
+        cfg,
+        ds,
+        ds.out_channels,
+        task=ds.task,
+        class_names=ds.class_names,
+        output="logits [batch, num_classes, H, W]; binary: sigmoid > 0.5, multiclass: argmax over classes",
+    )
     torch.manual_seed(cfg.seed)  # the initial weights depend on the seed only
     try:
-        model = create_model(
-            cfg.model,
-            num_classes=ds.out_channels,
-            in_shape=ds.in_shape,
-            mean=ds.mean,
-            std=ds.std,
-            **cfg.model_options(),
-        )
+        model = instantiate(model_config)
     except ValueError as e:  # e.g. images too small for the depth
         raise ConfigError(str(e)) from None
     return model, model_config

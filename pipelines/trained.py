@@ -59,19 +59,24 @@ def checkpoint_dir(run_id: str) -> Path:
     return local_run_dir(run_id)
 
 
-def build_model(cfg: TrainConfig, ds: Dataset) -> tuple[nn.Module, dict]:
-    """A classifier for ``ds`` by ``cfg`` (initial weights from the seed only) and the config that rebuilds it."""
-    model_config = {
+def model_config_for(cfg, ds, num_classes: int, **extra) -> dict:
+    """What ``instantiate`` rebuilds a model from (logged as ``model/model_config.json``): ``cfg``'s model and
+    options, ``ds``'s input shape and normalisation, and what describes the outputs (``extra``)."""
+    return {
         "model": cfg.model,
         "options": cfg.model_options(),
-        "num_classes": ds.num_classes,
+        "num_classes": num_classes,
         "in_shape": list(ds.in_shape),
         "mean": list(ds.mean),
         "std": list(ds.std),
-        "class_ids": ds.class_ids,
-        "class_names": ds.class_names,
+        **extra,
         "dataset": ds.name,
     }
+
+
+def build_model(cfg: TrainConfig, ds: Dataset) -> tuple[nn.Module, dict]:
+    """A classifier for ``ds`` by ``cfg`` (initial weights from the seed only) and the config that rebuilds it."""
+    model_config = model_config_for(cfg, ds, ds.num_classes, class_ids=ds.class_ids, class_names=ds.class_names)
     torch.manual_seed(cfg.seed)
     return instantiate(model_config), model_config
 

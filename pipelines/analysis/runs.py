@@ -317,14 +317,9 @@ def gradients(
         set_tags({"step": "gradients", "source_run_id": source_run_id or rid, "model": cfg.model, "dataset": ds.name})
         recorder = GradientRecorder(model)
         try:
+            grads = lambda _epoch: recorder.epoch_end()  # noqa: E731 - per-epoch gradient statistics
             state = session.fit(
-                model,
-                data,
-                cfg,
-                precision=precision,
-                checkpoints=False,
-                progress=progress,
-                extra_metrics=lambda _epoch: recorder.epoch_end(),
+                model, data, cfg, precision=precision, checkpoints=False, progress=progress, extra_metrics=grads
             )
         finally:
             recorder.remove()
