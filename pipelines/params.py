@@ -208,6 +208,7 @@ DEVICE = Kind(lambda n, v: parse_device(v), "[auto|cpu|cuda|cuda:N]")
 VAL_FRACTION = Kind(lambda n, v: parse_val_fraction(v), "FLOAT RANGE", "0<=x<=0.5", "float")
 SIZE = Kind(lambda n, v: parse_size(v), "N|HxW")
 CLASSES = Kind(lambda n, v: parse_text(v), "default|IDS", check_early=False)  # ids depend on the data set
+MINUTES = Kind(lambda n, v: None if str(v).strip().lower() == "none" else parse_float(n, v), "none|FLOAT", "x>0")
 MODEL = Kind(lambda n, v: parse_text(v).strip(), "MODEL", check_early=False)  # checked against the registry
 
 
@@ -446,6 +447,14 @@ PARAMS: tuple[Param, ...] = (
     Param("seeds", TEXT, AUTO, "auto = 0,1,2 at full scale, 0 at quick scale.", ("reproduce",)),
     Param("stand_in", TEXT, "digits", "digits | none: when a data set is missing.", ("reproduce",)),
     Param("out", TEXT, "", "Report folder (default: reports/reproduce-<scale>).", ("reproduce",)),
+    Param("plan", BOOL(), "false", "Print what would run (trials, reuse, estimated time) and stop.", ("reproduce",)),
+    Param(
+        "max_minutes",
+        MINUTES,
+        "none",
+        "Run only the experiments that fit in this many minutes by the estimate, cheapest first.",
+        ("reproduce",),
+    ),
 )
 
 

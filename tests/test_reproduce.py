@@ -204,7 +204,7 @@ def test_bad_options_fail_in_one_line_before_any_run(tracking):
     assert len(mlflow.search_runs(search_all_experiments=True)) == before
 
 
-def test_reproduce_quick_pooling_end_to_end(tracking, tmp_path):
+def test_reproduce_quick_pooling_end_to_end(tracking, tmp_path, capsys):
     """`reproduce --scale quick --only pooling` on synthetic CIFAR-100 against the test server."""
     from pipelines.data.cifar100 import write_synthetic
 
@@ -254,6 +254,10 @@ def test_reproduce_quick_pooling_end_to_end(tracking, tmp_path):
     again = reproduce.run("pooling", "quick", "auto", str(data), "digits", str(out), "repro-test", claims=claims)
     assert client.get_run(again.study_runs["pooling"]).data.metrics["trials_reused"] == 3
     assert [row.ours.mean for row in again.rows] == [row.ours.mean for row in r.rows]
+    capsys.readouterr()
+    args = ("pooling", "quick", "auto", str(data), "digits", str(out), "repro-test")
+    planned = reproduce.run(*args, claims=claims, plan=True)
+    assert planned is None and "3 of 3 trials reused; estimate 0.0 s" in capsys.readouterr().err
 
 
 def test_orderings_judged_from_a_study_summary(tmp_path):
@@ -286,3 +290,68 @@ def test_orderings_judged_from_a_study_summary(tmp_path):
     assert math.isinf(rows["pooling.max_most_accurate"].seeds_needed)  # below what 300 images can resolve
     assert rows["pooling.avg_more_stable"].verdict == "not comparable"
     assert rows["pooling.max_most_accurate"].samples["max"].n == 3
+
+
+def _synthetic_pooling_data(tmp_path):
+    from pipelines.data.cifar100 import write_synthetic
+
+    data = tmp_path / "data"
+    write_synthetic(data, per_class_train=20, per_class_test=8, classes=[0, 33, 43])
+    return data
+
+
+def test_plan_prints_each_configuration_with_an_estimate_and_creates_no_run(tracking, tmp_path):
+    data = _synthetic_pooling_data(tmp_path)
+    before = len(mlflow.search_runs(search_all_experiments=True))
+    args = ["reproduce", "--only", "pooling", "--scale", "quick", "--data-dir", str(data), "--plan", "true"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    text = result.stderr
+    assert "pooling: 3 configurations x 1 seed(s)" in text and "0 of 3 trials reused" in text
+    assert "data stand-in" in text and "total estimate" in text
+    for config in ("stride", "max", "avg"):
+        line = next(x for x in text.splitlines() if x.strip().startswith(f"{config}:"))
+        value = float(line.split(":")[1].split()[0])
+        assert value > 0 and math.isfinite(value), line
+    assert len(mlflow.search_runs(search_all_experiments=True)) == before
+    assert "reproduce run" not in result.stdout
+
+
+def test_max_minutes_too_small_leaves_every_experiment_out(tracking, tmp_path):
+    data = _synthetic_pooling_data(tmp_path)
+    out = tmp_path / "report"
+    r = reproduce.run("pooling", "quick", "auto", str(data), "digits", str(out), "repro-budget", max_minutes=0.0001)
+    doc = json.loads((out / "report.json").read_text())
+    for row in doc["rows"]:
+        expected = "reproduced" if row["metric"] == "num_params" else "not run (time)"  # counts need no training
+        assert row["verdict"] == expected, row["id"]
+    assert doc["orderings"] and all(o["verdict"] == "not run (time)" for o in doc["orderings"])
+    assert r.counts["not run (time)"] == sum(c.metric != "num_params" for c in CLAIMS.select("pooling").claims)
+    assert r.study_runs == {}
+    children = mlflow.search_runs(experiment_names=["repro-budget"], filter_string="tags.step != 'reproduce'")
+    assert children.empty  # no study, no trial: only the parent run with its report
+    assert "not run (time)" in (out / "report.md").read_text() and "notruntime" in (out / "report.html").read_text()
+    parent = mlflow.MlflowClient().get_run(r.run_id)
+    assert parent.data.metrics["claims_not_run_time"] == r.counts["not run (time)"]
+
+
+def test_estimate_is_positive_and_finite_for_every_model_of_an_experiment():
+    import numpy as np
+
+    from pipelines.data import Dataset
+    from pipelines.reproduce.claims import IMAGE_SHAPES
+    from pipelines.reproduce.plan import trial_seconds
+    from pipelines.study import Variant, plan_study
+
+    exp = CLAIMS.experiments["mnist_arch"]
+    shape = IMAGE_SHAPES[exp.dataset]
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (256, *shape), dtype=np.uint8)
+    y = np.arange(256) % 10
+    ds = Dataset("mnist", x, y, x[:64], y[:64], list(range(10)), [str(i) for i in range(10)], (0.5,), (0.25,), "test")
+    variants = [Variant(label, *exp.variant_options(label)) for label in exp.configs]
+    plan = plan_study("mnist_arch", seeds="0", epochs="1", dataset="mnist", variants=variants)
+    assert {s.train_cfg.model for s in plan.trials} == {"fcnet", "simple_cnn", "resnet_like"}
+    for spec in plan.trials:
+        seconds = trial_seconds(spec, ds, 1)
+        assert seconds > 0 and math.isfinite(seconds), spec.label

@@ -92,13 +92,30 @@ def sweep(executor, ray_address, max_concurrent, experiment, **kw):
 @click_params("reproduce")
 @experiment_option
 @entry_point
-def reproduce(only, scale, seeds, data_dir, stand_in, out, device, precision, experiment):
+def reproduce(only, scale, seeds, data_dir, stand_in, out, device, precision, plan, max_minutes, experiment):
     """Re-run the reference notebooks' experiments and write a report: each claim beside our value, with a verdict.
 
     Parameter counts are checked without training; finished trials with the same params are reused.
+    The plan (trials, reuse, estimated time) is printed first; --plan true stops there.
     """
+    from pipelines.config import parse_bool
+    from pipelines.params import MINUTES
     from pipelines.reproduce import run as step
 
-    r = step.run(only, scale, seeds, data_dir, stand_in, out, experiment or None, device, precision)
+    r = step.run(
+        only,
+        scale,
+        seeds,
+        data_dir,
+        stand_in,
+        out,
+        experiment or None,
+        device,
+        precision,
+        plan=parse_bool("plan", plan),
+        max_minutes=MINUTES.parse("max_minutes", max_minutes),
+    )
+    if r is None:
+        return
     click.echo(f"reproduce run {r.run_id}: " + ", ".join(f"{k} {v}" for k, v in r.counts.items()))
     click.echo(f"report: {r.out_dir / 'report.html'} and report.md")

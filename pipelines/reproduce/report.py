@@ -16,8 +16,12 @@ from pathlib import Path
 from pipelines.reproduce import stats
 from pipelines.reproduce.claims import ACCURACY_METRICS, Claim, Ordering
 
-VERDICTS = ("reproduced", "better", "worse", "not distinguishable", "mismatch", "ratio", "not comparable", "not run")
-ORDER_VERDICTS = ("reproduced", "reversed", "not distinguishable", "not comparable", "not run")
+TIME_VERDICT = "not run (time)"  # left out by reproduce --max-minutes: its estimate did not fit the budget
+VERDICTS = (
+    "reproduced", "better", "worse", "not distinguishable", "mismatch", "ratio", "not comparable", "not run",
+    TIME_VERDICT,
+)  # fmt: skip
+ORDER_VERDICTS = ("reproduced", "reversed", "not distinguishable", "not comparable", "not run", TIME_VERDICT)
 RULES = (
     "accuracy: reproduced when the reference lies within our mean ± t_0.975 sqrt(s²(1 + 1/n) + p(1-p)/N_ref) "
     "(s = our seed-to-seed std over n seeds, N_ref = the reference's test images), else better/worse; "
@@ -389,7 +393,7 @@ table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;paddin
 th{background:#eee}.banner{background:#fff3cd;border:1px solid #e0c060;padding:8px;font-weight:bold}
 .standin{background:#f8d7da;color:#8b0000;font-weight:bold}
 .reproduced{background:#d4edda}.better{background:#cce5ff}.worse,.mismatch{background:#f8d7da}
-.ratio{background:#eef}.notcomparable,.notrun{background:#f4f4f4;color:#555}
+.ratio{background:#eef}.notcomparable,.notrun,.notruntime{background:#f4f4f4;color:#555}
 .reversed{background:#f8d7da}.notdistinguishable{background:#fff3cd}
 img{max-width:100%;margin:6px 0}
 """
@@ -401,7 +405,8 @@ def _html_table(columns, rows: list[tuple[str, list[str], str, bool]], verdict_a
     out = ["<table><tr>" + "".join(f"<th>{e(c)}</th>" for c in columns) + "</tr>"]
     for row_id, cells, verdict, stand_in in rows:
         tds = [f"<td>{e(x)}</td>" for x in cells]
-        tds[verdict_at] = f"<td class='{verdict.replace(' ', '')}'>{e(cells[verdict_at])}</td>"
+        css = "".join(ch for ch in verdict if ch.isalnum())  # "not run (time)" -> notruntime
+        tds[verdict_at] = f"<td class='{css}'>{e(cells[verdict_at])}</td>"
         if stand_in:
             tds[-1] = f"<td class='standin'>{e(cells[-1])}</td>"
         out.append(f"<tr id='{e(row_id)}'>" + "".join(tds) + "</tr>")

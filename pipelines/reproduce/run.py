@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+import click
 import torch
 
 from models import count_params as count_trainable
@@ -36,6 +37,7 @@ from pipelines.config import AUTO, DataConfig, data_config, parse_choice
 from pipelines.data import DataError, Dataset
 from pipelines.reproduce.claims import IMAGE_SHAPES, Claims, Experiment, load_claims
 from pipelines.reproduce.report import (
+    TIME_VERDICT,
     DataUsed,
     Measured,
     OrderRow,
@@ -288,6 +290,28 @@ class ReproduceResult:
     orderings: list[OrderRow]  # the reference notebooks' ordering and direction claims, judged
 
 
+def _planned(book, plans, data_used, loaded, experiment, max_minutes) -> tuple[str, list[str]]:
+    """The plan's text and the experiments the time budget leaves out (estimates per model, reuse looked up)."""
+    from pipelines.reproduce import plan as planning  # probes build models: only when a run is planned
+
+    entries = [planning.plan_experiment(n, p, loaded[n], data_used[n], experiment) for n, p in plans.items()]
+    _, left = planning.fit_budget(entries, max_minutes)
+    missing = {n: u.description for n, u in data_used.items() if n not in plans}
+    return planning.render(entries, missing, left, max_minutes), left
+
+
+def _left_out(rows: list[Row], orderings: list[OrderRow], left: list[str], max_minutes: float | None) -> None:
+    """Experiments the time budget left out: each of their trained claims and orderings is "not run (time)"
+    (parameter counts are still checked: they need no training)."""
+    why = f"left out: its estimate did not fit --max-minutes {max_minutes:g}" if max_minutes else ""
+    for row in rows:
+        if row.claim.experiment in left and row.claim.metric != "num_params":
+            row.verdict, row.detail, row.ours = TIME_VERDICT, why, None
+    for o in orderings:
+        if o.ordering.experiment in left:
+            o.verdict, o.detail = TIME_VERDICT, why
+
+
 def run(
     only: str = "all",
     scale: str = "quick",
@@ -299,8 +323,15 @@ def run(
     device: str = AUTO,
     precision: str = AUTO,
     claims: Claims | None = None,
-) -> ReproduceResult:
-    """Run the selected experiments and write the report; returns paths, rows and the parent run id."""
+    plan: bool = False,
+    max_minutes: float | None = None,
+) -> ReproduceResult | None:
+    """Run the selected experiments and write the report; returns paths, rows and the parent run id.
+
+    The plan (what will run, reused trials, estimated time) is printed to stderr first; with ``plan``
+    nothing else happens (no run, no training) and None is returned. ``max_minutes``: only the
+    experiments that fit by the estimate run, cheapest first; the others are reported "not run (time)".
+    """
     from pipelines.study import SCALES, parse_seeds, run_study  # reproduce runs the experiments as studies
 
     scale = parse_choice("scale", scale, SCALES)
@@ -310,6 +341,11 @@ def run(
     book = (claims or load_claims()).select(only)
     out_dir = Path(out or f"reports/reproduce-{scale}")
     plans, data_used, loaded = _plan_studies(book, scale, seed_text, data_dir, stand_in, device, precision)
+    text, left = _planned(book, plans, data_used, loaded, experiment, max_minutes)
+    click.echo(text, err=True)
+    if plan:
+        return None
+    plans = {n: p for n, p in plans.items() if n not in left}
     hardware = _our_hardware(device, precision)
     t0 = time.perf_counter()
     exp_id = experiment_id_for(experiment or "reproduce")
@@ -322,36 +358,52 @@ def run(
                 "reproduce.data_dir": data_dir or "(cache)",
                 "reproduce.stand_in": stand_in,
                 "reproduce.claims": len(book.claims),
+                "reproduce.max_minutes": "none" if max_minutes is None else f"{max_minutes:g}",
+                "reproduce.left_out": ",".join(left) or "(none)",
             }
         )
         summaries, study_runs = {}, {}
-        for name, plan in plans.items():
-            r = run_study(plan, within_run=parent_id, dataset=loaded[name])
+        for name, study_plan in plans.items():
+            r = run_study(study_plan, within_run=parent_id, dataset=loaded[name])
             summaries[name], study_runs[name] = r.summary, r.run_id
         rows = _rows(book, summaries, data_used, scale, hardware)
         orderings = judge_orderings(book, summaries, data_used, scale, loaded)
+        _left_out(rows, orderings, left, max_minutes)
         header = _header(book, scale, seed_text, hardware, data_used, parent_id)
+        if left:
+            header["left out (time)"] = f"{', '.join(left)}: estimates beyond --max-minutes {max_minutes:g}"
         path = _write_report(out_dir, rows, header, study_runs, orderings)
-        for name in ("report.md", "report.html", "report.json"):
-            log_file(path / name, "report")
-        tally = counts(rows)
-        order_tally = order_counts(orderings)
-        log_metrics(
-            {
-                "claims": len(rows),
-                **{f"claims_{k.replace(' ', '_')}": v for k, v in tally.items()},
-                "orderings": len(orderings),
-                **{f"orderings_{k.replace(' ', '_')}": v for k, v in order_tally.items()},
-                "claims_on_stand_in_data": sum(r.stand_in for r in rows),
-                "reproduce_seconds": time.perf_counter() - t0,
-            }
-        )
-        set_tags(
-            {
-                "mlflow.note.content": f"{header['title']}: "
-                + ", ".join(f"{k} {v}" for k, v in tally.items())
-                + (f"\n\n{header['banner']}" if header["banner"] else "")
-                + "\n\nReport: artifacts `report/report.html` (self-contained) and `report/report.md`."
-            }
-        )
+        tally = _log_outcome(path, rows, orderings, header, t0)
     return ReproduceResult(parent_id, path, rows, tally, study_runs, orderings)
+
+
+def _log_outcome(path: Path, rows: list[Row], orderings: list[OrderRow], header: dict, t0: float) -> dict[str, int]:
+    """The report files, the tallies as metrics and a note on the parent run; returns the claims' tally."""
+    for name in ("report.md", "report.html", "report.json"):
+        log_file(path / name, "report")
+    tally = counts(rows)
+    order_tally = order_counts(orderings)
+    log_metrics(
+        {
+            "claims": len(rows),
+            **{f"claims_{_metric_name(k)}": v for k, v in tally.items()},
+            "orderings": len(orderings),
+            **{f"orderings_{_metric_name(k)}": v for k, v in order_tally.items()},
+            "claims_on_stand_in_data": sum(r.stand_in for r in rows),
+            "reproduce_seconds": time.perf_counter() - t0,
+        }
+    )
+    set_tags(
+        {
+            "mlflow.note.content": f"{header['title']}: "
+            + ", ".join(f"{k} {v}" for k, v in tally.items())
+            + (f"\n\n{header['banner']}" if header["banner"] else "")
+            + "\n\nReport: artifacts `report/report.html` (self-contained) and `report/report.md`."
+        }
+    )
+    return tally
+
+
+def _metric_name(verdict: str) -> str:
+    """A verdict as part of an MLflow metric name: "not run (time)" -> not_run_time."""
+    return "_".join(verdict.replace("(", " ").replace(")", " ").split())
