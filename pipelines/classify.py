@@ -85,14 +85,6 @@ def to_input(path: str | Path, height: int, width: int, channels: int, resize: b
     return x, resized
 
 
-def _input_shape(session) -> tuple[str, int, int, int]:
-    (inp,) = session.get_inputs()
-    shape = inp.shape
-    if len(shape) != 4 or not all(isinstance(d, int) for d in shape[1:]):
-        raise DataError(f"model input {inp.name} is {shape}, expected [batch, H, W, C] (an NHWC image classifier)")
-    return inp.name, shape[1], shape[2], shape[3]
-
-
 def is_local(model_uri: str) -> bool:
     """A path to an ``.onnx`` file (or any existing file) rather than a ``models:/`` URI."""
     if model_uri.startswith("models:/"):
@@ -104,7 +96,7 @@ def open_model(path: Path) -> tuple[object, modelcard.ModelCard]:
     """(onnxruntime CPU session, model card) of an ``.onnx`` file; DataError if it has no card."""
     import onnxruntime as ort
 
-    card = modelcard.read(path)  # also: a missing or unreadable file, one line
+    card = modelcard.read_checked(path)  # also: a missing or unreadable file, one line
     try:
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime's own exception types: an invalid graph
@@ -112,15 +104,15 @@ def open_model(path: Path) -> tuple[object, modelcard.ModelCard]:
     return session, card
 
 
-def load_session(model_uri: str, folder: Path) -> tuple[object, modelcard.ModelCard]:
-    """Download ``model_uri`` into ``folder``; its one ``.onnx`` file opened by ``open_model``."""
+def onnx_file(model_uri: str, folder: Path) -> Path:
+    """Download the registered model ``model_uri`` into ``folder``; the path of its one ``.onnx`` file."""
     from tracking.registry import download_model
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # stdout/stderr stay the results
     files = sorted(download_model(model_uri, folder).rglob("*.onnx"))
     if len(files) != 1:
         raise DataError(f"{model_uri}: expected one .onnx file in the model, found {[f.name for f in files]}")
-    return open_model(files[0])
+    return files[0]
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -141,22 +133,16 @@ def classify(model_uri: str, images: list[str], top_k: int = 3, resize: bool = T
     sizes = [check_image(p) for p in images]  # local checks first: a bad file never costs a download
     with tempfile.TemporaryDirectory(prefix="classify-") as tmp:
         if is_local(model_uri):
-            session, card = open_model(Path(model_uri))
+            path = Path(model_uri)
         else:
             model_version_info(model_uri)  # a missing models:/ URI: one-line TrackingError, before any download
-            session, card = load_session(model_uri, Path(tmp))
-        name, h, w, c = _input_shape(session)
-        if (name, [h, w, c]) != (card.input_name, card.input_shape):
-            raise DataError(
-                f"{model_uri}: the model card says input {card.input_name} {card.input_shape}, "
-                f"the graph has {name} {[h, w, c]}"
-            )
+            path = onnx_file(model_uri, Path(tmp))
+        session, card = open_model(path)
+        h, w, c = card.input_shape  # checked against the graph by open_model
         arrays = [to_input(p, h, w, c, resize) for p in images]
-        logits = session.run(None, {name: np.stack([a for a, _ in arrays])})[0]
+        logits = session.run(None, {card.input_name: np.stack([a for a, _ in arrays])})[0]
     k = logits.shape[1]
     ids, names = card.class_ids, card.class_names
-    if len(ids) != k:
-        raise DataError(f"{model_uri}: the model card names {len(ids)} classes, the model outputs {k}")
     probs = softmax(logits.astype(np.float64))
     out = []
     for path, size, (_, resized), p in zip(images, sizes, arrays, probs):

@@ -44,23 +44,10 @@ def vendored_ort_version(vendor: Path = VENDOR) -> str:
     return (vendor / "VERSION").read_text().strip()
 
 
-def onnx_io(path: Path) -> tuple[str, list[int], str, int]:
-    """(input name, [H, W, C], output name, number of outputs) of an NHWC classifier in ONNX."""
-    import onnx
-
-    graph = onnx.load(str(path), load_external_data=False).graph
-    (inp,), out = graph.input, graph.output[0]
-    dims = [d.dim_value if d.HasField("dim_value") else None for d in inp.type.tensor_type.shape.dim]
-    odims = [d.dim_value if d.HasField("dim_value") else None for d in out.type.tensor_type.shape.dim]
-    if len(dims) != 4 or None in dims[1:] or len(odims) != 2 or odims[1] is None:
-        raise ConfigError(f"{path.name}: expected input [batch, H, W, C] and output [batch, k], got {dims} -> {odims}")
-    return inp.name, dims[1:], out.name, odims[1]
-
-
 def fetch_model(model_uri: str, key: str, title: str, out: Path) -> dict:
     """Download ``model_uri`` (or copy a local ``.onnx`` file) to ``out/model_<key>.onnx``; its models.json entry."""
-    from pipelines.classify import is_local
-    from tracking.registry import download_model, model_version_info
+    from pipelines.classify import is_local, onnx_file
+    from tracking.registry import model_version_info
 
     dst = out / f"model_{key}.onnx"
     if is_local(model_uri):
@@ -69,24 +56,14 @@ def fetch_model(model_uri: str, key: str, title: str, out: Path) -> dict:
         return {"key": key, "title": title, **model_entry(dst, model_uri)}
     info = model_version_info(model_uri)
     with tempfile.TemporaryDirectory() as tmp:
-        folder = download_model(model_uri, tmp)
-        files = sorted(folder.rglob("*.onnx"))
-        if len(files) != 1:
-            raise ConfigError(f"{model_uri}: expected one .onnx file in the model, found {[f.name for f in files]}")
-        shutil.copyfile(files[0], dst)
+        shutil.copyfile(onnx_file(model_uri, Path(tmp)), dst)
     registry = {"registered_model": info.name, "version": info.version, "run_id": info.run_id}
     return {"key": key, "title": title, **model_entry(dst, model_uri), **registry}
 
 
 def model_entry(dst: Path, model_uri: str) -> dict:
     """The ``models.json`` entry of the ONNX file ``dst`` from its own card (checked against its graph)."""
-    input_name, shape, output_name, k = onnx_io(dst)
-    card = modelcard.read(dst)  # the file describes itself: no registry tag is read
-    graph = {"input_name": input_name, "input_shape": shape, "output_name": output_name, "classes": k}
-    said = {"input_name": card.input_name, "input_shape": card.input_shape, "output_name": card.output_name}
-    said["classes"] = len(card.class_ids)
-    if said != graph:
-        raise ConfigError(f"{model_uri}: the model card says {said} but the ONNX graph has {graph}")
+    card = modelcard.read_checked(dst, model_uri)  # the file describes itself: no registry tag is read
     return {
         "file": dst.name,
         "model_uri": model_uri,

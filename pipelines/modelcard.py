@@ -125,6 +125,33 @@ def embed(proto: onnx.ModelProto, card: ModelCard) -> None:
         entry.key, entry.value = key, value
 
 
+def graph_io(path: str | Path) -> tuple[str, list[int], str, int]:
+    """(input name, [H, W, C], output name, number of outputs) of an NHWC classifier's ONNX graph."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    (inp,), out = graph.input, graph.output[0]
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in inp.type.tensor_type.shape.dim]
+    odims = [d.dim_value if d.HasField("dim_value") else None for d in out.type.tensor_type.shape.dim]
+    if len(dims) != 4 or None in dims[1:] or len(odims) != 2 or odims[1] is None:
+        raise DataError(
+            f"{Path(path).name}: expected input [batch, H, W, C] and output [batch, k], got {dims} -> {odims}"
+        )
+    return inp.name, dims[1:], out.name, odims[1]
+
+
+def read_checked(path: str | Path, model_uri: str | None = None) -> ModelCard:
+    """``read``, and the card agrees with the file's graph (input name and shape, output, number of classes)."""
+    card = read(path)
+    input_name, shape, output_name, k = graph_io(path)
+    graph = {"input_name": input_name, "input_shape": shape, "output_name": output_name, "classes": k}
+    said = {"input_name": card.input_name, "input_shape": card.input_shape, "output_name": card.output_name}
+    said["classes"] = len(card.class_ids)
+    if said != graph:
+        raise DataError(f"{model_uri or path}: the model card says {said} but the ONNX graph has {graph}")
+    return card
+
+
 def read(path_or_proto: str | Path | onnx.ModelProto) -> ModelCard:
     """The card of an ``.onnx`` file (weights are not loaded) or of a ModelProto; DataError if it has none."""
     import onnx

@@ -8,10 +8,6 @@ or none at all (``check``, called before any training).
 
 from __future__ import annotations
 
-import hashlib
-
-import numpy as np
-
 from pipelines.data import Dataset, default_classes
 from pipelines.modelcard import ModelCard
 from tracking.registry import ModelKind, VersionSpec, check_compatible, default_model_name
@@ -33,15 +29,6 @@ def registered_name(raw: str | None, ds: Dataset, model: str) -> str | None:
     return resolve_name(raw, default_model_name(ds.name, model, ds.class_ids, default_classes(ds.name)))
 
 
-def test_fingerprint(x_test: np.ndarray, y_test: np.ndarray, labels) -> str:
-    """sha256 of the test split (images, labels, what the labels mean): scores on equal fingerprints compare."""
-    h = hashlib.sha256()
-    for a in (x_test, y_test, np.asarray(labels)):
-        h.update(str(a.shape).encode())
-        h.update(np.ascontiguousarray(a).tobytes())
-    return h.hexdigest()
-
-
 def kind_of(ds: Dataset) -> ModelKind:
     return ModelKind(ds.name, tuple(ds.class_ids), tuple(ds.class_names), tuple(ds.in_shape))
 
@@ -54,16 +41,14 @@ def check(name: str | None, ds: Dataset) -> None:
 
 def describe_split(ds: Dataset) -> str:
     """``cifar100 test split (300 images, sha256 1a2b3c4d5e6f)``."""
-    fp = test_fingerprint(ds.x_test, ds.y_test, ds.class_ids)
-    return f"{ds.name} test split ({len(ds.y_test)} images, sha256 {fp[:12]})"
+    return f"{ds.name} test split ({len(ds.y_test)} images, sha256 {ds.test_fingerprint()[:12]})"
 
 
 def card_and_spec(
     ds: Dataset, model: str, model_label: str, train_run_id: str, test_accuracy: float | None, tags: dict[str, str]
 ) -> tuple[ModelCard, VersionSpec]:
     """The ONNX file's card and the registry version's spec of a classifier trained on ``ds``."""
-    fp_test = test_fingerprint(ds.x_test, ds.y_test, ds.class_ids)
-    kind = kind_of(ds)
+    kind, split = kind_of(ds), describe_split(ds)
     card = ModelCard(
         model=model,
         dataset=ds.name,
@@ -71,15 +56,15 @@ def card_and_spec(
         class_names=list(ds.class_names),
         input_shape=list(ds.in_shape),
         dataset_fingerprint=ds.fingerprint(),
-        test_fingerprint=fp_test,
-        test_split=describe_split(ds),
+        test_fingerprint=ds.test_fingerprint(),
+        test_split=split,
         train_run_id=train_run_id,
         test_accuracy=test_accuracy,
     )
     score = f"test accuracy {test_accuracy:.4f}" if test_accuracy is not None else "no test accuracy"
     description = (
         f"{model_label} on {kind.describe()} ({', '.join(ds.class_names)}): {score} on the "
-        f"{describe_split(ds)}; trained in run {train_run_id}."
+        f"{split}; trained in run {train_run_id}."
     )
-    spec = VersionSpec(kind, test_accuracy, "test_accuracy", fp_test, description, tags)
+    spec = VersionSpec(kind, test_accuracy, "test_accuracy", ds.test_fingerprint(), description, tags)
     return card, spec

@@ -180,8 +180,8 @@ def _onnx_metadata(cfg: SegmentConfig, ds: SegDataset, fp_test: str, split: str,
 def export_and_register(model, cfg: SegmentConfig, ds: SegDataset, kind, metrics: dict, rid: str):
     """ONNX with dynamic batch, checked against onnxruntime on a batch size the export never saw, logged
     (and registered) with the test mIoU as its score. Adds the ONNX numbers to ``metrics``."""
+    from pipelines.data import split_fingerprint
     from pipelines.export_onnx import ParityError, parity, to_onnx
-    from pipelines.registration import test_fingerprint
     from tracking.registry import VersionSpec, log_onnx
 
     t0 = time.perf_counter()
@@ -198,7 +198,7 @@ def export_and_register(model, cfg: SegmentConfig, ds: SegDataset, kind, metrics
     metrics.update(onnx_metrics)
     if not diff < cfg.parity_tol:
         raise ParityError(f"onnxruntime differs from PyTorch by {diff:.3g} > parity_tol {cfg.parity_tol:g}")
-    fp_test = test_fingerprint(ds.x_test, ds.y_test, ds.class_names)
+    fp_test = split_fingerprint(ds.x_test, ds.y_test, ds.class_names)
     split = f"{ds.name} {cfg.task} test split ({len(ds.y_test)} images, sha256 {fp_test[:12]})"
     spec = VersionSpec(
         kind,

@@ -23,8 +23,6 @@ test set; the per-epoch ``test_*`` curves and ``test_accuracy`` are reported for
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -57,13 +55,9 @@ from pipelines.trials import (
     Pruned,
     TrialSpec,
     close_leftovers,
-    concurrency,
-    cpu_count,
     make_train_cfg,
-    ray_runtime,
     run_trial,
-    tune_run_config,
-    with_run_context,
+    tune_on_ray,
     worker_setup,
 )
 from tracking import experiment_id_for, tracked_run
@@ -280,36 +274,25 @@ def _sweep_ray(plan: SweepPlan, parent_id: str, experiment_id: str, ray_address,
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
-    workers = concurrency(max_concurrent, plan.num_samples)
-    threads = max(1, cpu_count() // workers)
     space: dict = {"batch_size": tune.choice(list(plan.batch_sizes))}
     for key, (lo, hi) in (("lr", plan.lr), ("weight_decay", plan.weight_decay)):
         space[key] = tune.loguniform(lo, hi) if hi > lo else lo
-    storage = tempfile.mkdtemp(prefix="ray-tune-")
-    try:
-        with ray_runtime(ray_address):
-            trainable = with_run_context(_sweep_trainable, parent_id, experiment_id, threads, plan=plan)
-            tuner = tune.Tuner(
-                trainable,
-                param_space=space,
-                tune_config=tune.TuneConfig(
-                    metric=METRIC,
-                    mode="max",
-                    search_alg=OptunaSearch(seed=plan.seed),
-                    scheduler=ASHAScheduler(
-                        time_attr="training_iteration",  # one report per epoch
-                        max_t=plan.epochs,
-                        grace_period=plan.grace_period,
-                        reduction_factor=plan.reduction_factor,
-                    ),
-                    num_samples=plan.num_samples,
-                    max_concurrent_trials=workers,
-                ),
-                run_config=tune_run_config("sweep", storage),
-            )
-            grid = tuner.fit()
-    finally:
-        shutil.rmtree(storage, ignore_errors=True)
+    search = {
+        "metric": METRIC,
+        "mode": "max",
+        "search_alg": OptunaSearch(seed=plan.seed),
+        "scheduler": ASHAScheduler(
+            time_attr="training_iteration",  # one report per epoch
+            max_t=plan.epochs,
+            grace_period=plan.grace_period,
+            reduction_factor=plan.reduction_factor,
+        ),
+        "num_samples": plan.num_samples,
+    }
+    n = plan.num_samples
+    grid = tune_on_ray(
+        _sweep_trainable, n, "sweep", parent_id, experiment_id, ray_address, max_concurrent, space, search, plan=plan
+    )
     failed = {r.metrics.get("trial_run_id") for r in grid if r.error is not None and r.metrics}
     closed = close_leftovers(parent_id, experiment_id, failed)
     log_metrics({"trials_closed_by_driver": closed})

@@ -369,6 +369,38 @@ def with_run_context(fn, parent_id: str, experiment_id: str, threads: int, **par
     return tune.with_resources(bound, {"cpu": threads})
 
 
+def tune_on_ray(
+    fn,
+    trials: int,
+    name: str,
+    parent_id: str,
+    experiment_id: str,
+    ray_address: str | None,
+    max_concurrent: int | None,
+    param_space: dict,
+    tune_config: dict | None = None,
+    **params,
+):
+    """Ray Tune runs ``fn`` (a trainable: ``with_run_context`` gives it the run context) over ``param_space``,
+    at most ``max_concurrent`` trials at once with the CPUs shared between them; returns the result grid."""
+    from ray import tune
+
+    workers = concurrency(max_concurrent, trials)
+    threads = max(1, cpu_count() // workers)
+    storage = tempfile.mkdtemp(prefix="ray-tune-")
+    try:
+        with ray_runtime(ray_address):
+            tuner = tune.Tuner(
+                with_run_context(fn, parent_id, experiment_id, threads, **params),
+                param_space=param_space,
+                tune_config=tune.TuneConfig(max_concurrent_trials=workers, **(tune_config or {})),
+                run_config=tune_run_config(name, storage),
+            )
+            return tuner.fit()
+    finally:
+        shutil.rmtree(storage, ignore_errors=True)
+
+
 def run_trials_on_ray(
     specs: list[TrialSpec],
     parent_id: str,
@@ -379,21 +411,10 @@ def run_trials_on_ray(
     """A study's (configuration, seed) trials as a Ray Tune grid; results in the order of ``specs``."""
     from ray import tune
 
-    workers = concurrency(max_concurrent, len(specs))
-    threads = max(1, cpu_count() // workers)
-    storage = tempfile.mkdtemp(prefix="ray-tune-")
-    try:
-        with ray_runtime(ray_address):
-            trainable = with_run_context(_study_trainable, parent_id, experiment_id, threads, specs=specs)
-            tuner = tune.Tuner(
-                trainable,
-                param_space={"index": tune.grid_search(list(range(len(specs))))},
-                tune_config=tune.TuneConfig(max_concurrent_trials=workers),
-                run_config=tune_run_config("study", storage),
-            )
-            grid = tuner.fit()
-    finally:
-        shutil.rmtree(storage, ignore_errors=True)
+    space = {"index": tune.grid_search(list(range(len(specs))))}
+    grid = tune_on_ray(
+        _study_trainable, len(specs), "study", parent_id, experiment_id, ray_address, max_concurrent, space, specs=specs
+    )
     errors = [r for r in grid if r.error is not None]
     by_index: dict[int, tuple[str, bool]] = {}
     for r in grid:

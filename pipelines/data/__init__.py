@@ -32,6 +32,8 @@ class Dataset:
     std: tuple[float, ...]
     source: str  # where the files came from (path or URL)
     warnings: list[str] = field(default_factory=list)
+    # sha256s, computed once per object (not copied by dataclasses.replace, which makes a new data set)
+    _digests: dict[str, str] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def in_shape(self) -> tuple[int, int, int]:
@@ -48,11 +50,29 @@ class Dataset:
 
     def fingerprint(self) -> str:
         """sha256 over the exact arrays and class ids: equal fingerprints mean equal data."""
-        h = hashlib.sha256()
-        for a in (self.x_train, self.y_train, self.x_test, self.y_test, np.asarray(self.class_ids)):
-            h.update(str(a.shape).encode())
-            h.update(np.ascontiguousarray(a).tobytes())
-        return h.hexdigest()
+        if "all" not in self._digests:
+            arrays = (self.x_train, self.y_train, self.x_test, self.y_test, np.asarray(self.class_ids))
+            self._digests["all"] = hash_arrays(hashlib.sha256(), *arrays).hexdigest()
+        return self._digests["all"]
+
+    def test_fingerprint(self) -> str:
+        """sha256 of the test split alone: test accuracies on equal fingerprints compare."""
+        if "test" not in self._digests:
+            self._digests["test"] = split_fingerprint(self.x_test, self.y_test, self.class_ids)
+        return self._digests["test"]
+
+
+def hash_arrays(h, *arrays: np.ndarray):
+    """``h`` (a hashlib object) updated with each array's shape and exact bytes; returns ``h``."""
+    for a in arrays:
+        h.update(str(a.shape).encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h
+
+
+def split_fingerprint(x: np.ndarray, y: np.ndarray, labels) -> str:
+    """sha256 of one split: images, labels and what the labels mean (class ids or names)."""
+    return hash_arrays(hashlib.sha256(), x, y, np.asarray(labels)).hexdigest()
 
 
 def select_classes(x: np.ndarray, y: np.ndarray, class_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.data import TASKS, DataError
+from pipelines.data import TASKS, DataError, hash_arrays
 
 NAME = "segdigits"
 DIGIT_NAMES = [f"digit {d}" for d in range(10)]  # class d + 1
@@ -76,10 +76,7 @@ class SegDataset:
         return 1 if self.task == "binary" else self.num_classes
 
     def fingerprint(self) -> str:
-        h = hashlib.sha256(self.task.encode())
-        for a in (self.x_train, self.y_train, self.x_test, self.y_test):
-            h.update(str(a.shape).encode())
-            h.update(np.ascontiguousarray(a).tobytes())
+        h = hash_arrays(hashlib.sha256(self.task.encode()), self.x_train, self.y_train, self.x_test, self.y_test)
         h.update("\n".join(self.class_names).encode())
         return h.hexdigest()
 
