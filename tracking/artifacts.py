@@ -10,6 +10,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pandas as pd
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from tracking.errors import TrackingError
@@ -65,7 +66,14 @@ def dataset_input(name: str, x: np.ndarray, y: np.ndarray, source: str, digest: 
 def log_dataset_input(name: str, x: np.ndarray, y: np.ndarray, source: str, digest: str, context: str):
     """Record the data set as a run input (shown in the UI's Dataset column); returns it."""
     ds = dataset_input(name, x, y, source, digest)
-    mlflow.log_input(ds, context=context)
+    try:
+        mlflow.log_input(ds, context=context)
+    except MlflowException as e:
+        # Runs started together race to create the same data set row of their experiment (the server's
+        # select-then-insert): the loser's insert fails on the unique key, and a second call finds the row.
+        if "unique" not in str(e).lower():
+            raise
+        mlflow.log_input(ds, context=context)
     return ds
 
 
