@@ -113,12 +113,12 @@ def macs_per_image(model: nn.Module, x: torch.Tensor) -> int:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data-dir", help="folder with cifar-100-python/ (default: synthetic data in a temp dir)")
-    ap.add_argument("--model", choices=["all", "pooling_cnn", "cnn_seed"], default="all")
+    ap.add_argument("--model", choices=["all", "pooling_cnn", "cnn_reference"], default="all")
     ap.add_argument("--pooling", nargs="+", default=["max", "stride"], choices=["max", "stride", "avg"])
     ap.add_argument("--grid", type=float, default=0.05, help="grid step over [-1.5, 1.5] (0.05: 61x61)")
     ap.add_argument("--reference-points", type=int, default=50, help="points timed with the reference-style loop")
     ap.add_argument("--epochs", type=int, default=3, help="quick training epochs before (0: random init)")
-    ap.add_argument("--mode", choices=MODES, default="seed")
+    ap.add_argument("--mode", choices=MODES, default="reference")
     ap.add_argument("--method", choices=METHODS, default="auto")
     ap.add_argument("--chunk", type=int, default=None, help="grid points per forward pass (default: the library's)")
     ap.add_argument(
@@ -145,8 +145,8 @@ def main() -> None:
     specs = []
     if args.model in ("all", "pooling_cnn"):
         specs += [("pooling_cnn", {"pooling": p}) for p in args.pooling]
-    if args.model in ("all", "cnn_seed"):
-        specs.append(("cnn_seed", {}))
+    if args.model in ("all", "cnn_reference"):
+        specs.append(("cnn_reference", {}))
 
     axis = reference_grid_axis(args.grid)
     n_points = axis.size**2
@@ -191,7 +191,7 @@ def main() -> None:
             reference_total += time.perf_counter() - t
         reference_per_point = reference_total / len(points)
         fast_per_point = fast_total / n_points
-        same = args.mode == "seed"  # the reference-style loop computes the reference notebook's mode
+        same = args.mode == "reference"  # the reference-style loop computes the reference notebook's mode
         diff = float(np.abs(z.ravel()[idx] - z_reference).max()) if same else float("nan")
         rel = float((np.abs(z.ravel()[idx] - z_reference) / np.abs(z_reference)).max()) if same else float("nan")
         macs = macs_per_image(model, torch.as_tensor(x_test[:1]))

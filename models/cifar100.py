@@ -20,9 +20,11 @@ def _side_after(in_shape: Sequence[int], factor: int, model: str) -> tuple[int, 
 
 
 @register_model(dataset="cifar100")
-def cnn_seed(num_classes: int = 3, in_shape=(32, 32, 3), mean=(0.5074, 0.4867, 0.4411), std=(0.2011, 0.1987, 0.2025)):
+def cnn_reference(
+    num_classes: int = 3, in_shape=(32, 32, 3), mean=(0.5074, 0.4867, 0.4411), std=(0.2011, 0.1987, 0.2025)
+):
     """The reference notebooks' first CNN: conv 5x5/4 -> conv 3x3 -> avgpool 4 -> linear (21,699 params, 3 classes)."""
-    h, w = _side_after(in_shape, 16, "cnn_seed")  # stride 4, then pool 4
+    h, w = _side_after(in_shape, 16, "cnn_reference")  # stride 4, then pool 4
     return nn.Sequential(
         Normalize(mean, std),
         nn.Conv2d(in_shape[2], 32, 5, stride=4, padding=2),

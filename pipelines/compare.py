@@ -22,7 +22,7 @@ from pipelines.comparison import (
     runs_frame,
     summarize,
 )
-from pipelines.config import ConfigError
+from pipelines.parsing import ConfigError
 from tracking import experiment_id_for, tracked_run
 from tracking.queries import RunRecord, find_experiment_id, find_runs, get_run_record
 from tracking.runs import log_params, set_tags

@@ -11,54 +11,11 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 
-from models import RECIPE_KEYS, model_info
-from pipelines.params import (
-    AUTO,
-    LR_SCHEDULES,
-    MAX_VAL_FRACTION,
-    OPTIMIZERS,
-    PRECISIONS,
-    ConfigError,
-    param,
-    params_of,
-    parse_bool,
-    parse_choice,
-    parse_classes,
-    parse_device,
-    parse_float,
-    parse_int,
-    parse_val_fraction,
-    parse_values,
-    raw_values,
-    unquote,
-)
-
-__all__ = [
-    "AUTO",
-    "LR_SCHEDULES",
-    "MAX_VAL_FRACTION",
-    "OPTIMIZERS",
-    "PRECISIONS",
-    "TRAIN_PARAMS",
-    "ConfigError",
-    "DataConfig",
-    "ExportConfig",
-    "TrainConfig",
-    "as_params",
-    "data_config",
-    "export_config",
-    "parse_bool",
-    "parse_choice",
-    "parse_classes",
-    "parse_device",
-    "parse_float",
-    "parse_int",
-    "parse_val_fraction",
-    "train_config",
-    "train_config_from",
-]
+from models import list_models, model_info
+from pipelines.params import RECIPE_PARAMS, param, params_of, parse_values, raw_values, recipe_overrides, unquote
+from pipelines.parsing import AUTO, parse_choice, parse_classes
 
 
 def _raw_field():
@@ -66,55 +23,52 @@ def _raw_field():
     return field(default_factory=dict, repr=False, compare=False)
 
 
+# No defaults here: they are the table's, and configs are built by the functions below.
+
+
 @dataclass
 class DataConfig:
-    dataset: str = "cifar100"  # cifar100 | digits (| mnist | cifar10 when present)
-    data_dir: str | None = None  # folder with the official files; None = download to the cache
-    classes: list[int] = field(default_factory=list)  # original label ids; [] = data set default (cifar100: 0,33,41)
+    dataset: str
+    data_dir: str | None  # folder with the official files; None = download to the cache
+    classes: list[int]  # original label ids; [] = the data set's default (cifar100: 0,33,41)
     raw: dict = _raw_field()
 
 
 @dataclass
 class TrainConfig:
-    model: str = "pooling_cnn"  # a name from `python -m pipelines models`
-    pooling: str = "max"  # stride | max | avg, for models with a pooling option
-    seed: int = 0  # model init and shuffling; same seed + CPU = same weights
-    device: str = AUTO  # auto (CUDA if present, else CPU) | cpu | cuda | cuda:N
-    precision: str = AUTO  # auto: bf16 only where native (CUDA or AMX/AVX512-BF16 CPU), else fp32
-    eval_every: int = 1  # epochs between test-set evaluations; the last epoch is always evaluated
-    checkpoint_every: int = 50  # epochs between checkpoints (also written at the end and on Ctrl-C)
-    # Share of the training set held out (stratified, by ``seed``) as the validation split: per-epoch
-    # val_* metrics, never trained on. 0 = none (the reference notebooks' protocol). Not in any recipe.
-    val_fraction: float = 0.0
-    system_metrics: bool = True  # CPU / memory (GPU) sampled by MLflow while the run trains
-    # Recipe: None = the model's recipe (models/__init__.py DEFAULT_RECIPE + the model's own).
-    epochs: int | None = None  # passes over the training set (cifar100 CNNs: 500)
-    batch_size: int | None = None  # images per step (128)
-    lr: float | None = None  # learning rate (5e-3)
-    momentum: float | None = None  # SGD momentum (0.9)
-    weight_decay: float | None = None  # L2 penalty (0)
-    optimizer: str | None = None  # sgd | adam
-    lr_schedule: str | None = None  # none | step | linear
-    augment: bool | None = None  # random shifts + flips on device tensors
+    model: str  # a name from `python -m pipelines models`
+    pooling: str  # for models with a pooling option
+    seed: int  # model init and shuffling; same seed + CPU = same weights
+    device: str
+    precision: str
+    eval_every: int
+    checkpoint_every: int
+    val_fraction: float  # share of train held out as the validation split (0 = none, the reference notebooks')
+    system_metrics: bool
+    # The recipe values the user set (the table's recipe rows); the rest come from the model's recipe.
+    overrides: dict = field(default_factory=dict)
     raw: dict = _raw_field()
 
     def recipe(self) -> dict:
         """The recipe actually used: the model's defaults overridden by what the user set."""
-        base = dict(model_info(self.model).recipe)
-        base.update({k: v for k in RECIPE_KEYS if (v := getattr(self, k)) is not None})
-        return base
+        return {**model_info(self.model).recipe, **self.overrides}
+
+    def with_recipe(self, raw: dict | None = None, **values) -> TrainConfig:
+        """A copy with recipe ``values`` set; ``raw`` (default: the values as text) is what runs log."""
+        logged = {k: str(v) for k, v in values.items()} if raw is None else raw
+        return replace(self, overrides={**self.overrides, **values}, raw={**self.raw, **logged})
 
     def model_options(self) -> dict:
         return {"pooling": self.pooling} if "pooling" in model_info(self.model).options else {}
 
     def tag(self) -> str:
-        """Short run-name part: ``max-s0`` for the pooling CNN, ``cnn_seed-s0`` otherwise."""
+        """Short run-name part: ``max-s0`` for the pooling CNN, ``cnn_reference-s0`` otherwise."""
         return f"{self.pooling if self.model_options() else self.model}-s{self.seed}"
 
 
 @dataclass
 class ExportConfig:
-    registered_model_name: str = "auto"  # auto = <dataset>-<model>[-c<ids>]; none = log without registering
+    registered_model_name: str = AUTO  # auto = <dataset>-<model>[-c<ids>]; none = log without registering
     parity_tol: float = 1e-4  # max |onnxruntime - torch| on the test set, else the step fails
     raw: dict = _raw_field()
 
@@ -138,15 +92,16 @@ def as_params(*configs) -> dict[str, str]:
     """
     out: dict[str, str] = {}
     for cfg in configs:
-        for f in fields(cfg):
-            if f.name == "raw":
-                continue
-            if f.name in cfg.raw:
-                out[f.name] = cfg.raw[f.name]
-            elif f.name == "data_dir":
-                out[f.name] = cfg.data_dir or ""
+        values = {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name not in ("raw", "overrides")}
+        if isinstance(cfg, TrainConfig):
+            values.update({name: cfg.overrides.get(name) for name in RECIPE_PARAMS})
+        for name, value in values.items():
+            if name in cfg.raw:
+                out[name] = cfg.raw[name]
+            elif name == "data_dir":
+                out[name] = value or ""
             else:
-                out[f.name] = _spelled(getattr(cfg, f.name))
+                out[name] = _spelled(value)
     return {k: shlex.quote(v) for k, v in out.items()}
 
 
@@ -173,10 +128,9 @@ def train_config_from(raw: Mapping) -> TrainConfig:
     Missing values take the table's defaults: runs logged before a parameter existed resume
     with its default (no holdout, system metrics on).
     """
-    from models import list_models
-
     given = raw_values("train", raw, TRAIN_PARAMS)
-    cfg = TrainConfig(**parse_values("train", given, TRAIN_PARAMS), raw=given)
+    settings = [n for n in TRAIN_PARAMS if n not in RECIPE_PARAMS]
+    cfg = TrainConfig(**parse_values("train", given, settings), overrides=recipe_overrides("train", given), raw=given)
     parse_choice("model", cfg.model, list_models())
     return cfg
 

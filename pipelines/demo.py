@@ -20,7 +20,7 @@ import threading
 from pathlib import Path
 
 from pipelines import modelcard
-from pipelines.config import ConfigError
+from pipelines.parsing import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 WEB = ROOT / "web"

@@ -13,7 +13,6 @@ import torch.nn as nn
 from sklearn.metrics import classification_report, confusion_matrix
 
 from pipelines import plots
-from pipelines.config import parse_val_fraction
 from pipelines.data import Dataset, split_validation
 from pipelines.trained import configs_from_run, inference_latency, load_data, load_trained, predict
 from tracking import experiment_id_for, tracked_run
@@ -51,11 +50,11 @@ def run(
     """Evaluate the model of ``train_run_id`` (passed in-process by ``main``, else loaded from the run)."""
     if model is None:
         model, _ = load_trained(train_run_id)
-    ds = dataset or load_data(configs_from_run(train_run_id)[0])
-    train_params, train_metrics, train_tags = run_data(train_run_id)
+    data_cfg, train_cfg = configs_from_run(train_run_id)
+    ds = dataset or load_data(data_cfg)
+    _, train_metrics, train_tags = run_data(train_run_id)
     # train_* numbers cover what the model trained on: a validation holdout is not part of it
-    fraction = parse_val_fraction(train_params.get("val_fraction"))
-    trained_on, _ = split_validation(ds, fraction, int(train_params.get("seed", 0)))
+    trained_on, _ = split_validation(ds, train_cfg.val_fraction, train_cfg.seed)
     if history is None:
         with tempfile.TemporaryDirectory() as tmp:
             history = json.loads(download(train_run_id, "history.json", tmp).read_text())

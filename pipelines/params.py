@@ -8,13 +8,13 @@ name has exactly one row. The CLI's options, their parsing and errors, the confi
 ``pipelines.config`` and the MLproject (``python -m pipelines mlproject``, checked by
 ``tests/test_project.py``) all follow from this table.
 
-Adding a hyper-parameter: one ``Param`` row below (plus a field on the config it belongs to, and
-the regenerated MLproject).
+Adding a hyper-parameter of the training recipe: one ``Param`` row with ``recipe=True`` (its value
+when ``auto`` is the model's recipe, ``models/__init__.py``), then ``python -m pipelines mlproject``.
+Parsers and kinds of values live in ``pipelines.parsing``; the MLproject file in ``pipelines.mlproject``.
 """
 
 from __future__ import annotations
 
-import re
 import shlex
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -23,193 +23,34 @@ import click
 
 from models.cifar100 import POOLINGS
 from pipelines.data import DATASETS, TASKS
+from pipelines.parsing import (
+    AUTO,
+    BOOL,
+    CHOICE,
+    CLASSES,
+    DEVICE,
+    FLOAT,
+    HOLDOUT,
+    INT,
+    INT_LIST,
+    LOG_RANGE,
+    MINUTES,
+    MODEL,
+    OPTIONAL_INT,
+    PATH,
+    SIZE,
+    TEXT,
+    VAL_FRACTION,
+    Kind,
+)
 
-AUTO = "auto"  # "use the model's recipe" (numbers) or "pick for this machine" (device/precision)
 OPTIMIZERS = ("sgd", "adam")
 LR_SCHEDULES = ("none", "step", "linear")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-MAX_VAL_FRACTION = 0.5
-
-
-class ConfigError(ValueError):
-    """A bad parameter: the message is the one line the user sees."""
-
-
-# Parsers: each takes the parameter's name and the raw value, returns a typed value.
-
-
-def _is_auto(raw) -> bool:
-    return raw is None or str(raw).strip().lower() in ("", AUTO, "recipe", "none")
-
-
-def parse_int(name: str, raw, minimum: int = 1, allow_auto: bool = False) -> int | None:
-    if allow_auto and _is_auto(raw):
-        return None
-    try:
-        value = float(str(raw).strip())
-        if value != int(value):
-            raise ValueError
-        value = int(value)
-    except (ValueError, OverflowError):
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {raw!r}") from None
-    if value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {raw!r}")
-    return value
-
-
-def parse_float(name: str, raw, positive: bool = True, allow_auto: bool = False) -> float | None:
-    if allow_auto and _is_auto(raw):
-        return None
-    try:
-        value = float(str(raw).strip())
-    except ValueError:
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
-    if value != value or value in (float("inf"), float("-inf")):
-        raise ConfigError(f"{name} must be a finite number, got {raw!r}")
-    if positive and value <= 0:
-        raise ConfigError(f"{name} must be > 0, got {raw!r}")
-    if not positive and value < 0:
-        raise ConfigError(f"{name} must be >= 0, got {raw!r}")
-    return value
-
-
-def parse_choice(name: str, raw, choices, allow_auto: bool = False) -> str | None:
-    # a choice is never auto: lr_schedule none means no schedule, not the recipe's
-    if allow_auto and _is_auto(raw) and str(raw).strip() not in choices:
-        return None
-    value = str(raw).strip()
-    if value not in choices:
-        raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {raw!r}")
-    return value
-
-
-def parse_bool(name: str, raw, allow_auto: bool = False) -> bool | None:
-    if allow_auto and _is_auto(raw):
-        return None
-    value = str(raw).strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(f"{name} must be true or false, got {raw!r}")
-
-
-def parse_classes(raw, dataset: str) -> list[int]:
-    from pipelines.data import num_labels
-
-    if _is_auto(raw) or str(raw).strip().lower() == "default":
-        return []
-    parts = [p for p in str(raw).replace(" ", "").split(",") if p]
-    try:
-        ids = [int(p) for p in parts]
-    except ValueError:
-        raise ConfigError(f"classes must be comma-separated integers, got {raw!r}") from None
-    n = num_labels(dataset)
-    bad = [i for i in ids if not 0 <= i < n]
-    if bad:
-        raise ConfigError(f"classes must be ids in 0..{n - 1} for {dataset}; got {bad}")
-    if len(set(ids)) != len(ids):
-        raise ConfigError(f"classes must not repeat an id; got {raw!r}")
-    if len(ids) < 2:
-        raise ConfigError(f"classes needs at least 2 ids, got {raw!r}")
-    return ids
-
-
-def parse_device(raw) -> str:
-    value = str(raw or AUTO).strip().lower()
-    if value in (AUTO, "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
-        return value
-    raise ConfigError(f"device must be auto, cpu, cuda or cuda:N; got {raw!r}")
-
-
-def parse_val_fraction(raw, allow_zero: bool = True) -> float:
-    """A share of the training set in [0, 0.5] (``(0, 0.5]`` without ``allow_zero``); missing = 0.
-
-    Missing covers runs logged before the parameter existed: they resume with no holdout.
-    """
-    value = 0.0
-    if raw is not None and str(raw).strip() != "":
-        try:
-            value = float(str(raw).strip()) + 0.0  # + 0.0: -0.0 becomes 0.0
-        except ValueError:
-            value = float("nan")
-    if not (0 <= value <= MAX_VAL_FRACTION) or (value == 0 and not allow_zero):
-        bounds = f"{'[' if allow_zero else '('}0, {MAX_VAL_FRACTION:g}]"
-        raise ConfigError(f"val_fraction must be a number in {bounds}, got {raw!r}")
-    return value
-
-
-def parse_size(raw) -> tuple[int, int]:
-    """A canvas size: ``N`` or ``HxW``, each at least 16 pixels."""
-    text = str(raw).strip().lower().replace(" ", "")
-    parts = text.split("x") if "x" in text else [text, text]
-    try:
-        h, w = (parse_int("size", p, minimum=16) for p in parts)
-    except ConfigError:
-        raise ConfigError(f"size must be N or HxW with N, H, W >= 16 (e.g. 48 or 45x47), got {raw!r}") from None
-    return h, w
-
-
-def parse_path(raw) -> str | None:
-    """A folder or ``None``; a value read back from a run's params is shell-quoted (empty = ``''``)."""
-    value = str(raw or "").strip().strip("'\"")
-    return value if value.lower() not in ("", "none") else None
-
-
-def parse_text(raw) -> str:
-    return "" if raw is None else str(raw)
-
-
-# Kinds: a parser with its --help spelling and MLproject type.
-
-
-@dataclass(frozen=True)
-class Kind:
-    """How a row's value is parsed (``parse(name, raw)``), shown (``metavar``) and declared to MLflow."""
-
-    parse: Callable[[str, object], object]
-    metavar: str
-    extra: str = ""  # the allowed range, shown after the help text
-    mlproject_type: str = "string"
-    check_early: bool = True  # False: the value is checked with others (classes needs the data set)
-
-
-def INT(minimum: int = 1, auto: bool = False) -> Kind:
-    return Kind(
-        lambda n, v: parse_int(n, v, minimum, allow_auto=auto),
-        "auto|INTEGER" if auto else "INTEGER RANGE",
-        f"x>={minimum}",
-        "string" if auto else "int",
-    )
-
-
-def FLOAT(positive: bool = True, auto: bool = False) -> Kind:
-    return Kind(
-        lambda n, v: parse_float(n, v, positive, allow_auto=auto),
-        "auto|FLOAT" if auto else "FLOAT RANGE",
-        "x>0" if positive else "x>=0",
-        "string" if auto else "float",
-    )
-
-
-def CHOICE(choices: Iterable[str], auto: bool = False) -> Kind:
-    choices = tuple(choices)
-    shown = (AUTO, *choices) if auto and AUTO not in choices else choices
-    return Kind(lambda n, v: parse_choice(n, v, choices, allow_auto=auto), f"[{'|'.join(shown)}]")
-
-
-def BOOL(auto: bool = False) -> Kind:
-    return Kind(lambda n, v: parse_bool(n, v, allow_auto=auto), "[auto|true|false]" if auto else "[true|false]")
-
-
-TEXT = Kind(lambda n, v: parse_text(v), "TEXT")
-PATH = Kind(lambda n, v: parse_path(v), "PATH")
-DEVICE = Kind(lambda n, v: parse_device(v), "[auto|cpu|cuda|cuda:N]")
-VAL_FRACTION = Kind(lambda n, v: parse_val_fraction(v), "FLOAT RANGE", "0<=x<=0.5", "float")
-SIZE = Kind(lambda n, v: parse_size(v), "N|HxW")
-CLASSES = Kind(lambda n, v: parse_text(v), "default|IDS", check_early=False)  # ids depend on the data set
-MINUTES = Kind(lambda n, v: None if str(v).strip().lower() == "none" else parse_float(n, v), "none|FLOAT", "x>0")
-MODEL = Kind(lambda n, v: parse_text(v).strip(), "MODEL", check_early=False)  # checked against the registry
+SCALES = ("full", "quick")  # a study / reproduction at the reference notebooks' epochs, or 2 epochs (labelled)
+EXECUTORS = ("local", "ray")
+STAND_INS = ("digits", "none")  # what `reproduce` trains on when a data set is missing
+RUN_ENDS = ("FINISHED", "FAILED", "KILLED")
 
 
 @dataclass(frozen=True)
@@ -331,13 +172,13 @@ PARAMS: tuple[Param, ...] = (
         "Share of train held out (stratified, by seed) as the validation split: val_* metrics, never trained on.",
         TRAINERS,
     ),
-    Param("val_fraction", VAL_FRACTION, "0.1", "Holdout of train the search optimises (> 0).", ("sweep",)),
+    Param("val_fraction", HOLDOUT, "0.1", "Holdout of train the search optimises (> 0).", ("sweep",)),
     Param("system_metrics", BOOL(), "true", "MLflow samples CPU/memory (GPU) while the run trains.", TRAINERS),
     # registry and export
     Param("train_run_id", TEXT, None, "The train run whose model to use.", ("evaluate", "export_onnx")),
     Param(
         "test_accuracy",
-        TEXT,
+        FLOAT(auto=True),
         "",
         "Score for the champion rule (default: from --eval-run-id).",
         ("export_onnx",),
@@ -389,17 +230,17 @@ PARAMS: tuple[Param, ...] = (
         argument=True,
     ),
     Param("configs", TEXT, "", "Instead of the table's: 'model[:key=value,...];...' (name is then free).", ("study",)),
-    Param("seeds", TEXT, "0,1,2", "One child run per configuration and seed.", ("study",)),
-    Param("scale", TEXT, "full", "full (the reference notebook's epochs) | quick (2 epochs).", ("study",)),
-    Param("lr", TEXT, "1e-4,1e-1", "Log-uniform range 'low,high' or one value.", ("sweep",)),
-    Param("batch_sizes", TEXT, "32,64,128", "Choices of batch size.", ("sweep",)),
-    Param("weight_decay", TEXT, "1e-6,1e-2", "Log-uniform range, or 0.", ("sweep",)),
+    Param("seeds", INT_LIST(0), "0,1,2", "One child run per configuration and seed.", ("study",)),
+    Param("scale", CHOICE(SCALES), "full", "full (the reference notebook's epochs) | quick (2 epochs).", ("study",)),
+    Param("lr", LOG_RANGE(), "1e-4,1e-1", "Log-uniform range 'low,high' or one value.", ("sweep",)),
+    Param("batch_sizes", INT_LIST(1), "32,64,128", "Choices of batch size.", ("sweep",)),
+    Param("weight_decay", LOG_RANGE(allow_zero=True), "1e-6,1e-2", "Log-uniform range, or 0.", ("sweep",)),
     Param("num_samples", INT(), "8", "Trials.", ("sweep",)),
     Param("grace_period", INT(), "1", "ASHA: epochs before a trial can be stopped.", ("sweep",)),
-    Param("reduction_factor", INT(), "2", "ASHA: keep 1/rf of trials per rung.", ("sweep",)),
+    Param("reduction_factor", INT(2), "2", "ASHA: keep 1/rf of trials per rung.", ("sweep",)),
     Param(
         "executor",
-        CHOICE(("local", "ray")),
+        CHOICE(EXECUTORS),
         "local",
         "local (serial, in-process) | ray (Ray Tune trials).",
         ("study", "sweep"),
@@ -425,9 +266,9 @@ PARAMS: tuple[Param, ...] = (
     Param("source", TEXT, "", "Train run id / models:/ URI whose configuration to repeat.", ("gradients",)),
     Param(
         "mode",
-        CHOICE(("seed", "li")),
-        "seed",
-        "seed: θ+α(d−θ), as the reference notebook | li: θ+αd1+βd2 (Li et al.).",
+        CHOICE(("reference", "li")),
+        "reference",
+        "reference: θ+α(d−θ), as the reference notebook | li: θ+αd1+βd2 (Li et al.).",
         ("landscape",),
     ),
     Param("seed1", INT(0), "0", "Seed of the first direction.", ("landscape",)),
@@ -435,17 +276,43 @@ PARAMS: tuple[Param, ...] = (
     Param("step1d", FLOAT(), "0.005", "Step of the 1-D curve.", ("landscape",)),
     Param("step2d", FLOAT(), "0.05", "Step of the 2-D grid (0.05: 61x61).", ("landscape",)),
     Param("limit", FLOAT(), "1.5", "Axes run over [-limit, limit].", ("landscape",)),
-    Param("max_points", TEXT, "none", "Cap on curve points / grid points (none = no cap).", ("landscape",)),
+    Param("max_points", OPTIONAL_INT, "none", "Cap on curve points / grid points (none = no cap).", ("landscape",)),
     Param("n_images", INT(), "4", "Test images for the activations.", ("features",)),
     Param("max_maps", INT(), "32", "Channels shown per feature-map grid.", ("features",)),
     Param("fc_model", TEXT, None, "FC model: train run id or models:/<name>@<alias>.", ("invariance",)),
     Param("cnn_model", TEXT, None, "CNN trained on the same data: run id or models:/ URI.", ("invariance",)),
     Param("max_shift", INT(0), "8", "Largest shift in pixels (zero fill).", ("invariance",)),
+    # operations (CLI only)
+    Param("run_id", TEXT, None, "The run to resync.", ("resync",), argument=True, mlproject=False),
+    Param(
+        "status",
+        CHOICE(RUN_ENDS, auto=True),
+        "",
+        "End a run left RUNNING with no local record of its end (a killed process).",
+        ("resync",),
+        mlproject=False,
+    ),
+    Param(
+        "model_uri",
+        TEXT,
+        None,
+        "ONNX classifier: models:/cifar100-pooling_cnn@champion or a local .onnx file.",
+        ("classify",),
+        mlproject=False,
+    ),
+    Param("top_k", INT(), "3", "Classes to print per image.", ("classify",), mlproject=False),
+    Param("images", TEXT, None, "Image files (PNG/JPEG/...).", ("classify",), argument=True, nargs=-1, mlproject=False),
     # reproduction report
     Param("only", TEXT, "all", "Experiments of claims.yaml, e.g. mnist_arch,pooling.", ("reproduce",)),
-    Param("scale", TEXT, "quick", "full (the reference notebooks' epochs) | quick (labelled so).", ("reproduce",)),
-    Param("seeds", TEXT, AUTO, "auto = 0,1,2 at full scale, 0 at quick scale.", ("reproduce",)),
-    Param("stand_in", TEXT, "digits", "digits | none: when a data set is missing.", ("reproduce",)),
+    Param(
+        "scale",
+        CHOICE(SCALES),
+        "quick",
+        "full (the reference notebooks' epochs) | quick (labelled so).",
+        ("reproduce",),
+    ),
+    Param("seeds", INT_LIST(0, auto=True), AUTO, "auto = 0,1,2 at full scale, 0 at quick scale.", ("reproduce",)),
+    Param("stand_in", CHOICE(STAND_INS), "digits", "digits | none: when a data set is missing.", ("reproduce",)),
     Param("out", TEXT, "", "Report folder (default: reports/reproduce-<scale>).", ("reproduce",)),
     Param("plan", BOOL(), "false", "Print what would run (trials, reuse, estimated time) and stop.", ("reproduce",)),
     Param(
@@ -469,8 +336,8 @@ def param(name: str, entry_point: str) -> Param:
 
 
 def entry_points() -> tuple[str, ...]:
-    """Every entry point of the table, in order of first appearance."""
-    return tuple(dict.fromkeys(e for p in PARAMS for e in p.entry_points))
+    """Every MLproject entry point of the table, in order of first appearance (CLI-only commands left out)."""
+    return tuple(dict.fromkeys(e for p in PARAMS if p.mlproject for e in p.entry_points))
 
 
 RECIPE_PARAMS = tuple(p.name for p in params_of("train") if p.recipe)
@@ -505,6 +372,17 @@ def raw_values(entry_point: str, raw: Mapping, names: Iterable[str] | None = Non
 def parse_values(entry_point: str, raw: Mapping, names: Iterable[str]) -> dict:
     """Typed values of ``names``, parsed by their rows (missing = the default)."""
     return {n: param(n, entry_point).parse(raw.get(n)) for n in names}
+
+
+def recipe_overrides(entry_point: str, given: Mapping) -> dict:
+    """The recipe values set in ``given`` (the entry point's recipe rows that are not ``auto``)."""
+    names = [p.name for p in params_of(entry_point) if p.recipe]
+    return {k: v for k, v in parse_values(entry_point, given, names).items() if v is not None}
+
+
+def parsed(entry_point: str, **raw) -> dict:
+    """Each keyword parsed by the entry point's row of that name: typed values, or one ``ConfigError``."""
+    return parse_values(entry_point, raw, raw)
 
 
 # Click: options generated from the rows.
@@ -562,103 +440,3 @@ def click_params(entry_point: str, skip: Iterable[str] = ()) -> Callable:
         return fn
 
     return decorate
-
-
-def mlproject_block(entry_point: str) -> dict:
-    """The MLproject ``parameters`` and ``command`` of an entry point, from its rows."""
-    rows = [p for p in params_of(entry_point) if p.mlproject]
-    parameters = {}
-    for p in rows:
-        spec = {"type": p.kind.mlproject_type}
-        if p.default is not None:
-            spec["default"] = _yaml_default(p)
-        parameters[p.name] = spec
-    words = ["python -m pipelines", entry_point]
-    words += [f"{{{p.name}}}" for p in rows if p.argument]
-    words += [f"{p.flag} {{{p.name}}}" for p in rows if not p.argument]
-    return {"parameters": parameters, "command": " ".join(words)}
-
-
-def _yaml_default(p: Param):
-    if p.kind.mlproject_type == "int":
-        return int(p.default)
-    if p.kind.mlproject_type == "float":
-        return float(p.default)
-    return p.default
-
-
-# The MLproject's entry points, in the file's order, and what each does (its comment there).
-ENTRY_POINTS = {
-    "main": "prep -> train -> evaluate -> export_onnx as child runs of one parent run.",
-    "prep": "Load and verify the data set; log its fingerprint, counts and arrays.",
-    "train": "Train a model; per-epoch metrics, checkpoints, state_dict.",
-    "evaluate": "Classification reports, confusion matrix, learning curves, timings.",
-    "export_onnx": "ONNX export, onnxruntime parity, registry; the eval run's test_accuracy decides champion.",
-    "demo": "The browser demo: a CNN and an FC model side by side.",
-    "segment": "U-Net on generated digit masks (or data_dir = images/ + masks/ PNGs), one run.",
-    "study": "A reference notebook's comparison: one parent run, a child per (configuration, seed).",
-    "compare": "The comparison table and figures of runs that exist.",
-    "sweep": "lr / batch size / weight decay search: Optuna TPE + ASHA, trials as child runs.",
-    "landscape": "Loss landscape of a trained model; each analysis is a run of its own, tagged source_run_id.",
-    "gradients": "Training with per-layer gradient statistics (gradient flow).",
-    "features": "First-layer filters, activations and feature maps of a trained CNN.",
-    "invariance": "An FC model vs a CNN under 0..8 px shifts.",
-    "reproduce": "Every claim of the reference notebooks beside our value, in one report.",
-}
-
-MLPROJECT_HEADER = """\
-# Generated from the parameter table (pipelines/params.py) by `python -m pipelines mlproject`:
-# edit the table, then regenerate. MLflow does not check types, so every value is parsed again
-# (and rejected with one line) by the CLI. "auto" = the model's recipe.
-name: mlflow-cnn-pipeline
-
-# `mlflow run .` builds a virtualenv from python_env.yaml (pyenv provides python 3.11; `--env-manager uv` reads
-# it too). MLflow takes one env field only, and a conda_env project would make virtualenv/uv read conda.yaml
-# instead; conda users: `conda env create -f conda.yaml`, activate it, then `mlflow run . --env-manager local`.
-python_env: python_env.yaml
-
-entry_points:
-"""
-
-
-def _yaml_scalar(value) -> str:
-    import json
-
-    import yaml
-
-    if not isinstance(value, str):
-        return repr(value)
-    plain = value and value == value.strip() and not any(c in value for c in "#{}[],&*!|>'\"%@`") and ": " not in value
-    return value if plain and yaml.safe_load(value) == value else json.dumps(value)
-
-
-def _fold(words: list[str], indent: str, width: int = 112) -> list[str]:
-    lines, line = [], ""
-    for w in words:
-        if line and len(indent) + len(line) + 1 + len(w) > width:
-            lines.append(indent + line)
-            line = w
-        else:
-            line = f"{line} {w}" if line else w
-    return [*lines, indent + line]
-
-
-def render_mlproject() -> str:
-    """The whole MLproject file, from the table."""
-    out = [MLPROJECT_HEADER]
-    for name, what in ENTRY_POINTS.items():
-        block = mlproject_block(name)
-        out.append(f"  # {what}\n  {name}:\n    parameters:\n")
-        rows = {p.name: p for p in params_of(name)}
-        for key, spec in block["parameters"].items():
-            fields = f"type: {spec['type']}" + (
-                f", default: {_yaml_scalar(spec['default'])}" if "default" in spec else ""
-            )
-            note = rows[key].help + (" auto = the model's recipe." if rows[key].recipe else "")
-            out.append(f"      {key}: {{{fields}}}  # {note}\n")
-        words = []
-        for part in re.split(r" (?=--)", block["command"]):
-            words.append(part)
-        command = _fold(words, "      ")
-        out.append("    command: >-\n" + "\n".join(command) + "\n\n")
-    return "".join(out).rstrip("\n") + "\n"

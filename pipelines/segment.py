@@ -43,11 +43,12 @@ import torch
 import torch.nn as nn
 
 from models import count_params
-from pipelines.config import ConfigError
 from pipelines.data.segmentation import SegDataset, load_folder, load_generated
 from pipelines.device import autocast_dtype, pick_device, pick_precision
+from pipelines.params import raw_values
+from pipelines.parsing import ConfigError
 from pipelines.runner import place, training_run
-from pipelines.segmentation_config import OPTIONS, SegmentConfig, config_from_run, segment_config  # noqa: F401
+from pipelines.segmentation_config import SegmentConfig
 from pipelines.segmentation_metrics import (
     evaluate_tensors,
     mask_hooks,
@@ -98,7 +99,7 @@ def mask_tensors(ds: SegDataset, device) -> dict[str, torch.Tensor]:
 def run_params(cfg: SegmentConfig, ds: SegDataset, device, precision: str, model: nn.Module) -> dict:
     """What a segment run logs about itself: the raw values as given, the recipe, the data, what was used."""
     return {
-        **{name: cfg.raw.get(name, default) for name, default, _ in OPTIONS},
+        **raw_values("segment", cfg.raw),
         **{f"recipe.{key}": v for key, v in cfg.recipe().items()},
         "data.name": ds.name,
         "data.source": ds.source,

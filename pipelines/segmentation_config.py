@@ -8,35 +8,34 @@ from models import list_models, model_info
 from pipelines.data.segmentation import NAME as SEGDIGITS
 from pipelines.data.segmentation import SegDataset
 from pipelines.device import pick_device, pick_precision
-from pipelines.params import AUTO, ConfigError, params_of, parse_choice, parse_size, parse_values, raw_values
+from pipelines.params import params_of, parse_values, raw_values, recipe_overrides
+from pipelines.parsing import AUTO, ConfigError, parse_choice
 
 SEGMENT_PARAMS = params_of("segment")
-# (parameter, default as the CLI/MLproject spell it, help): the rows of the parameter table.
-OPTIONS: tuple[tuple[str, str, str], ...] = tuple((p.name, p.default, p.help) for p in SEGMENT_PARAMS)
 OPTION_NAMES = tuple(p.name for p in SEGMENT_PARAMS)
 RECIPE_NAMES = tuple(p.name for p in SEGMENT_PARAMS if p.recipe)
-_parse_size = parse_size
 
 
 @dataclass
 class SegmentConfig:
-    task: str = "binary"  # binary | multiclass
-    data_dir: str | None = None  # None = generated segdigits
-    n_train: int = 1000  # generated canvases
-    n_test: int = 200
-    size: tuple[int, int] = (48, 48)  # generated canvas H, W in pixels
-    max_digits: int = 3
-    data_seed: int = 0
-    model: str = "unet_small"
-    base: int = 16  # channels of the first U-Net level
-    depth: int = 3  # U-Net levels
-    seed: int = 0  # init + shuffling
-    device: str = AUTO
-    precision: str = AUTO
-    eval_every: int = 1
-    checkpoint_every: int = 10
-    registered_model_name: str = AUTO  # "" = do not register
-    parity_tol: float = 1e-4
+    # No defaults here: they are the table's (``segment_config`` builds every config).
+    task: str  # binary | multiclass
+    data_dir: str | None  # None = generated segdigits
+    n_train: int  # generated canvases
+    n_test: int
+    size: tuple[int, int]  # generated canvas H, W in pixels
+    max_digits: int
+    data_seed: int
+    model: str
+    base: int  # channels of the first U-Net level
+    depth: int  # U-Net levels
+    seed: int  # init + shuffling
+    device: str
+    precision: str
+    eval_every: int
+    checkpoint_every: int
+    registered_model_name: str  # auto, a name, or "" = do not register
+    parity_tol: float
     overrides: dict = field(default_factory=dict)  # recipe keys the user set (others: the model's recipe)
     raw: dict = field(default_factory=dict)  # every parameter as given (strings): what the run logs
 
@@ -67,8 +66,7 @@ def segment_config(**raw) -> SegmentConfig:
     # kept as spelled (auto or a name); none or empty = do not register
     name = given["registered_model_name"].strip().strip("'\"")
     cfg = SegmentConfig(**values, registered_model_name="" if name.lower() in ("", "none") else name, raw=given)
-    recipe = parse_values("segment", given, RECIPE_NAMES)
-    cfg.overrides = {k: v for k, v in recipe.items() if v is not None}
+    cfg.overrides = recipe_overrides("segment", given)
     if cfg.data_dir is None and min(cfg.size) < 2**cfg.depth:
         raise ConfigError(f"depth {cfg.depth} needs a size of at least {2**cfg.depth} px, got {cfg.size}")
     try:  # a device or precision this machine does not have: fail now, before any run exists

@@ -42,20 +42,12 @@ from pipelines.comparison import (
     render,
     runs_frame,
 )
-from pipelines.config import (
-    AUTO,
-    ConfigError,
-    DataConfig,
-    ExportConfig,
-    as_params,
-    data_config,
-    parse_choice,
-    parse_int,
-)
+from pipelines.config import DataConfig, ExportConfig, as_params, data_config
 from pipelines.data import Dataset, default_classes
+from pipelines.params import param, parsed
+from pipelines.parsing import AUTO, ConfigError, parse_choice
 from pipelines.trained import load_data
 from pipelines.trials import (
-    EXECUTORS,
     VARIANT_KEYS,
     TrialResult,
     TrialSpec,
@@ -78,7 +70,6 @@ from tracking.registry import (
 from tracking.runs import log_metrics, log_params, set_tags
 
 QUICK_EPOCHS = 2  # --scale quick: a smoke run of the whole study in seconds to minutes
-SCALES = ("full", "quick")
 
 
 @dataclass(frozen=True)
@@ -225,16 +216,6 @@ def spec_text(v: Variant) -> str:
     return v.model + (":" + ",".join(f"{k}={x}" for k, x in v.options.items()) if v.options else "")
 
 
-def parse_seeds(raw) -> list[int]:
-    parts = [p for p in str(raw).replace(" ", "").split(",") if p]
-    seeds = [parse_int("seeds", p, minimum=0) for p in parts]
-    if not seeds:
-        raise ConfigError(f"seeds must be comma-separated integers >= 0, e.g. 0,1,2; got {raw!r}")
-    if len(set(seeds)) != len(seeds):
-        raise ConfigError(f"seeds must not repeat; got {raw!r}")
-    return seeds
-
-
 def parse_configs(raw: str) -> list[Variant]:
     """``model[:key=value,...]`` separated by ``;``, e.g. ``fcnet;pooling_cnn:pooling=avg,lr=0.01``."""
     variants = []
@@ -282,14 +263,13 @@ def plan_study(
         )
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
         raise ConfigError(f"study name must be letters, digits, '_', '-' or '.'; got {name!r}")
-    scale = parse_choice("scale", scale, SCALES)
+    v = parsed("study", scale=scale, seeds=seeds, epochs=epochs)
+    scale, seed_list, n_epochs = v["scale"], v["seeds"], v["epochs"]
     if variants:
         for v in variants:
             make_train_cfg(v.model, **v.options)  # checks every value now
     else:
         variants = parse_configs(configs) if str(configs).strip() else list(known.variants)
-    seed_list = parse_seeds(seeds)
-    n_epochs = parse_int("epochs", epochs, allow_auto=True)
     if n_epochs is None:
         n_epochs = QUICK_EPOCHS if scale == "quick" else (known.epochs if known else None)
     ds_name = dataset or (known.dataset if known else model_info(variants[0].model).dataset)
@@ -465,7 +445,7 @@ def run_study(
     parent's experiment, and finished trials are also reused from the study's own experiment.
     ``dataset``: ``plan.data_cfg`` already loaded by the caller (else loaded here).
     """
-    executor = parse_choice("executor", executor, EXECUTORS)
+    executor = param("executor", "study").parse(executor)
     quiet_downloads()
     ds = dataset or load_data(plan.data_cfg)  # bad data fails here, before any run exists
     default_name = default_model_name(ds.name, plan.name, ds.class_ids, default_classes(ds.name))

@@ -36,21 +36,11 @@ from pipelines.comparison import (
     quiet_downloads,
     render,
 )
-from pipelines.config import (
-    AUTO,
-    ConfigError,
-    DataConfig,
-    TrainConfig,
-    as_params,
-    data_config,
-    parse_choice,
-    parse_float,
-    parse_int,
-    parse_val_fraction,
-)
+from pipelines.config import DataConfig, TrainConfig, as_params, data_config
+from pipelines.params import param, parsed
+from pipelines.parsing import AUTO, ConfigError
 from pipelines.trained import load_data
 from pipelines.trials import (
-    EXECUTORS,
     VAL_METRIC,
     Pruned,
     TrialSpec,
@@ -107,18 +97,6 @@ class SweepPlan:
         return {f"sweep.{k}": v for k, v in out.items()}
 
 
-def _parse_range(name: str, raw, allow_zero: bool = False) -> tuple[float, float]:
-    parts = [p for p in str(raw).replace(" ", "").split(",") if p]
-    if len(parts) not in (1, 2):
-        raise ConfigError(f"{name} must be 'low,high' (log-uniform) or one value; got {raw!r}")
-    lo, hi = (parse_float(name, p, positive=not allow_zero) for p in (parts[0], parts[-1]))
-    if lo > hi:
-        raise ConfigError(f"{name} must be 'low,high' with low <= high; got {raw!r}")
-    if lo == 0 and hi > 0:
-        raise ConfigError(f"{name}: a log-uniform range cannot start at 0; use e.g. 1e-6,{hi:g} or just 0")
-    return lo, hi
-
-
 def plan_sweep(
     dataset: str = "digits",
     data_dir: str = "",
@@ -143,31 +121,38 @@ def plan_sweep(
     data_cfg = data_config(dataset, data_dir, classes)
     if data_cfg.data_dir:
         data_cfg = replace(data_cfg, data_dir=str(Path(data_cfg.data_dir).resolve()))
-    seed_v = parse_int("seed", seed, minimum=0)
+    v = parsed(
+        "sweep",
+        seed=seed,
+        lr=lr,
+        batch_sizes=batch_sizes,
+        weight_decay=weight_decay,
+        num_samples=num_samples,
+        grace_period=grace_period,
+        reduction_factor=reduction_factor,
+        val_fraction=val_fraction,  # > 0: no holdout = nothing to select on but the test set
+    )
     base = make_train_cfg(
-        model, pooling=pooling, epochs=epochs, optimizer=optimizer, seed=seed_v, device=device, precision=precision
+        model, pooling=pooling, epochs=epochs, optimizer=optimizer, seed=v["seed"], device=device, precision=precision
     )
     n_epochs = base.recipe()["epochs"]
-    bs = tuple(parse_int("batch_sizes", p) for p in str(batch_sizes).replace(" ", "").split(",") if p)
-    if not bs:
-        raise ConfigError(f"batch_sizes must be comma-separated integers >= 1; got {batch_sizes!r}")
-    vf = parse_val_fraction(val_fraction, allow_zero=False)  # no holdout = nothing to select on but the test set
-    grace = parse_int("grace_period", grace_period)
-    if grace > n_epochs:
+    if v["grace_period"] > n_epochs:
         raise ConfigError(f"grace_period must be <= epochs ({n_epochs}); got {grace_period!r}")
+    # epochs logged as given (auto = the recipe's); the value is fixed here because ASHA's max_t needs it
+    base = replace(base.with_recipe(raw={}, epochs=n_epochs), eval_every=1, val_fraction=v["val_fraction"])
     return SweepPlan(
         name=name or f"sweep-{model}",
         data_cfg=data_cfg,
-        base_cfg=replace(base, epochs=n_epochs, eval_every=1, val_fraction=vf),
+        base_cfg=base,
         epochs=n_epochs,
-        lr=_parse_range("lr", lr),
-        batch_sizes=bs,
-        weight_decay=_parse_range("weight_decay", weight_decay, allow_zero=True),
-        num_samples=parse_int("num_samples", num_samples),
-        seed=seed_v,
-        grace_period=grace,
-        reduction_factor=parse_int("reduction_factor", reduction_factor, minimum=2),
-        val_fraction=vf,
+        lr=v["lr"],
+        batch_sizes=tuple(v["batch_sizes"]),
+        weight_decay=v["weight_decay"],
+        num_samples=v["num_samples"],
+        seed=v["seed"],
+        grace_period=v["grace_period"],
+        reduction_factor=v["reduction_factor"],
+        val_fraction=v["val_fraction"],
     )
 
 
@@ -176,8 +161,8 @@ def point_spec(plan: SweepPlan, point: dict, trial: str) -> TrialSpec:
     lr = float(f"{float(point['lr']):.4g}")
     wd = float(f"{float(point['weight_decay']):.4g}")
     bs = int(point["batch_size"])
-    raw = {**plan.base_cfg.raw, "lr": f"{lr:g}", "batch_size": str(bs), "weight_decay": f"{wd:g}"}  # what is logged
-    cfg = replace(plan.base_cfg, lr=lr, batch_size=bs, weight_decay=wd, raw=raw)
+    logged = {"lr": f"{lr:g}", "batch_size": str(bs), "weight_decay": f"{wd:g}"}
+    cfg = plan.base_cfg.with_recipe(lr=lr, batch_size=bs, weight_decay=wd, raw=logged)
     label = f"lr={lr:.3g} bs={bs} wd={wd:.2g}"
     return TrialSpec(
         label, f"trial-{trial}", plan.data_cfg, cfg, {"sweep": plan.name, "trial": trial}, plan.val_fraction
@@ -357,7 +342,7 @@ def run_sweep(
     max_concurrent: int | None = None,
 ) -> SweepResult:
     """Run a sweep as one parent run with a child per trial; returns the trials table and the best trial."""
-    executor = parse_choice("executor", executor, EXECUTORS)
+    executor = param("executor", "sweep").parse(executor)
     quiet_downloads()
     ds = load_data(plan.data_cfg)  # bad data fails before any run
     exp_id = experiment_id_for(experiment or plan.name)

@@ -151,7 +151,7 @@ def load_checkpoint(
     try:
         model.load_state_dict(blob["model"])
     except RuntimeError as e:  # missing/unexpected keys or shapes: torch's message spans many lines
-        from pipelines.config import ConfigError  # a user error (exit 2), raised only here
+        from pipelines.parsing import ConfigError  # a user error (exit 2), raised only here
 
         raise ConfigError(
             f"checkpoint {path} does not fit this model (written by another model or an older version of it: "

@@ -35,7 +35,6 @@ from tracking.runs import active_run_id, log_metrics, log_params, set_tags, trac
 if TYPE_CHECKING:
     from pipelines.config import DataConfig, TrainConfig
 
-EXECUTORS = ("local", "ray")
 VAL_METRIC = "val_acc"  # what schedulers stop trials on: measured on the holdout, never the test set
 
 

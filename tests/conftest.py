@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -49,6 +51,24 @@ def tracking(mlflow_server, monkeypatch) -> str:
     yield mlflow_server
     while mlflow.active_run():  # a failing test must not leak an active run into the next
         mlflow.end_run("FAILED")
+
+
+@contextmanager
+def module_tracking(mlflow_server: str, checkpoint_dir: Path) -> Iterator[pytest.MonkeyPatch]:
+    """For module-scoped fixtures: MLflow at the test server, checkpoints in ``checkpoint_dir``, no inherited run.
+
+    What ``tracking`` and ``_isolated_dirs`` set for each test, which a module-scoped fixture cannot
+    use (they are function-scoped); undone on exit. Yields the MonkeyPatch for further patches.
+    """
+    import mlflow
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+        mp.setenv("PIPELINE_CHECKPOINT_DIR", str(checkpoint_dir))
+        mp.delenv("MLFLOW_RUN_ID", raising=False)
+        mp.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+        mlflow.set_tracking_uri(mlflow_server)
+        yield mp
 
 
 @pytest.fixture(scope="session")

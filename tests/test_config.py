@@ -10,7 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from pipelines.cli import cli
-from pipelines.config import ConfigError, as_params, data_config, data_config_from, train_config, train_config_from
+from pipelines.config import as_params, data_config, data_config_from, train_config, train_config_from
+from pipelines.parsing import ConfigError
 from tests.conftest import ROOT
 
 GOOD = dict(
@@ -134,7 +135,7 @@ def test_values_are_logged_as_given_and_read_back_unchanged():
     cfg = train_config(**{**GOOD, "lr": "5e-3", "val_fraction": "0.10", "augment": "none"})
     params = as_params(cfg)
     assert params["lr"] == "5e-3" and params["val_fraction"] == "0.10" and params["augment"] == "none"
-    assert cfg.lr == 0.005 and cfg.val_fraction == 0.1 and cfg.augment is None
+    assert cfg.overrides["lr"] == 0.005 and cfg.val_fraction == 0.1 and "augment" not in cfg.overrides
     again = train_config_from(params)  # a run's logged params, as --resume reads them
     assert again == cfg and as_params(again) == params
     data = data_config("cifar100", "", "0, 33,41")
@@ -154,7 +155,7 @@ def test_help_shows_types_choices_and_ranges():
     ("args", "message"),
     [
         (["segment", "--size", "8"], "error: size must be N or HxW with N, H, W >= 16"),
-        (["landscape", "--model", "x", "--mode", "flat"], "error: mode must be one of seed, li; got 'flat'"),
+        (["landscape", "--model", "x", "--mode", "flat"], "error: mode must be one of reference, li; got 'flat'"),
         (["demo", "--port", "-1"], "error: port must be an integer >= 0, got '-1'"),
         (["sweep", "--executor", "dask"], "error: executor must be one of local, ray; got 'dask'"),
     ],
@@ -172,5 +173,6 @@ def test_the_configs_hold_exactly_the_tables_parameters():
     from pipelines.config import TRAIN_PARAMS, TrainConfig
     from pipelines.params import RECIPE_PARAMS
 
-    assert {f.name for f in fields(TrainConfig)} - {"raw"} == set(TRAIN_PARAMS)
+    # a recipe row needs no field: its value is kept in ``overrides`` (one row = one hyper-parameter)
+    assert {f.name for f in fields(TrainConfig)} - {"raw", "overrides"} == set(TRAIN_PARAMS) - set(RECIPE_PARAMS)
     assert set(RECIPE_PARAMS) == set(RECIPE_KEYS)  # auto resolves every recipe row from the model's recipe

@@ -96,7 +96,10 @@ ENTRY_POINTS = (
     "pipelines.reproduce.run",
     "pipelines.compare",
     "pipelines.segment",
-    "pipelines.analysis.runs",
+    "pipelines.analysis.landscape_run",
+    "pipelines.analysis.gradient_flow",
+    "pipelines.analysis.feature_maps",
+    "pipelines.analysis.invariance",
     "pipelines.classify",
     "pipelines.demo",
 )

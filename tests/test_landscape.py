@@ -96,7 +96,7 @@ def reference_loss(model: nn.Module, x, y, params: dict[str, torch.Tensor]) -> f
         return F.cross_entropy(m(x), y).item()
 
 
-@pytest.mark.parametrize("name", ["cnn_seed", "pooling_cnn"])
+@pytest.mark.parametrize("name", ["cnn_reference", "pooling_cnn"])
 def test_direction_is_the_notebooks_generate_theta(name):
     model = create_model(name, num_classes=3)
     state_before = np.random.get_state()[1].copy()
@@ -122,7 +122,7 @@ def test_fast_grid_equals_state_dict_loop(tiny):
     theta = trainable_parameters(model)
     d1, d2 = random_direction(model, 0), random_direction(model, 1011)
     alphas, betas = np.array([-0.45, 0.0, 0.3]), np.array([-0.2, 0.0, 0.6])
-    for mode in ("seed", "li"):
+    for mode in ("reference", "li"):
         expected = np.array(
             [
                 [reference_loss(model, x, y, perturbed_parameters(theta, d1, a, mode, d2, b)) for b in betas]
@@ -144,7 +144,7 @@ def test_fast_grid_equals_state_dict_loop(tiny):
     z = loss_grid(Wrapped(model), x, y, alphas, betas, w1, w2, "li", chunk=3, progress=False)
     np.testing.assert_allclose(z, expected, rtol=0, atol=1e-5)  # `expected` of the last mode, "li"
     # the reference notebook's 2-D point is the coefficient form used by the fast path
-    c0, c1, c2 = point_coefficients("seed", 0.3, -0.2)
+    c0, c1, c2 = point_coefficients("reference", 0.3, -0.2)
     assert (c0, c1, c2) == pytest.approx((1.2 * 0.7, 1.2 * 0.3, -0.2))
 
 
@@ -156,7 +156,7 @@ def test_centre_is_the_unperturbed_loss(tiny):
         plain8 = F.cross_entropy(model(x8.float()), y).item()
     d1, d2 = random_direction(model, 0), random_direction(model, 1)
     model.train()  # the landscape runs in eval mode and gives the mode back
-    for mode in ("seed", "li"):
+    for mode in ("reference", "li"):
         alphas = reference_alphas()[::20]  # every 20th of the reference notebook's 600 points, 0.0 included
         stats = summarize(alphas, loss_curve(model, x8, y.numpy(), alphas, d1, mode, chunk=32, progress=False))
         assert stats["loss_center"] == pytest.approx(plain8, abs=1e-5)

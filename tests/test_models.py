@@ -11,7 +11,7 @@ import torch
 from models import count_params, create_model, list_models, model_info
 
 EXPECTED_PARAMS = {  # SPEC S1, for 3 classes
-    ("cnn_seed", None): 21_699,
+    ("cnn_reference", None): 21_699,
     ("pooling_cnn", "stride"): 33_219,
     ("pooling_cnn", "max"): 33_219,
     ("pooling_cnn", "avg"): 33_219,
@@ -45,7 +45,7 @@ def test_unknown_model_lists_known_names():
 
 def test_unknown_option_is_an_error():
     with pytest.raises(TypeError, match="takes no option"):
-        create_model("cnn_seed", pooling="max")
+        create_model("cnn_reference", pooling="max")
     with pytest.raises(ValueError, match="pooling must be one of stride, max, avg"):
         create_model("pooling_cnn", pooling="median")
 

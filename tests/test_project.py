@@ -9,7 +9,8 @@ import sys
 import yaml
 
 from pipelines.cli import cli
-from pipelines.params import PARAMS, entry_points, mlproject_block, params_of, render_mlproject
+from pipelines.mlproject import mlproject_block, render_mlproject
+from pipelines.params import PARAMS, entry_points, params_of
 from tests.conftest import ROOT
 
 

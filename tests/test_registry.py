@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from pipelines import main
 from pipelines.config import data_config, export_config, train_config_from
-from tests.conftest import ROOT
+from tests.conftest import ROOT, module_tracking
 from tracking.registry import (
     ModelKind,
     RegistryMismatch,
@@ -57,12 +57,7 @@ def _main(name: str, experiment: str, dataset: str = "digits", data_dir=None, cl
 @pytest.fixture(scope="module")
 def digits_main(mlflow_server, tmp_path_factory):
     """One `main` run on digits with the default (auto) registered name."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", mlflow_server)
-        mp.setenv("PIPELINE_CHECKPOINT_DIR", str(tmp_path_factory.mktemp("registry-ckpt")))
-        mp.delenv("MLFLOW_RUN_ID", raising=False)
-        mp.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
-        mlflow.set_tracking_uri(mlflow_server)
+    with module_tracking(mlflow_server, tmp_path_factory.mktemp("registry-ckpt")):
         yield _main("auto", "registry-main")
 
 

@@ -11,8 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 from pipelines.cli import cli
-from pipelines.config import ConfigError
 from pipelines.data import load_dataset
+from pipelines.parsing import ConfigError
 from pipelines.reproduce import run as reproduce
 from pipelines.reproduce.claims import CLAIMS_FILE, Claim, Ordering, load_claims
 from pipelines.reproduce.report import DataUsed, Measured, document, judge, judge_ordering, markdown

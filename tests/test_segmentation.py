@@ -10,10 +10,10 @@ import torch
 from PIL import Image
 
 from models import count_params, create_model, model_info
-from pipelines.config import ConfigError
 from pipelines.data import DataError
 from pipelines.data import segmentation as segdata
-from pipelines.segment import segment_config
+from pipelines.parsing import ConfigError
+from pipelines.segmentation_config import config_from_run, segment_config
 from pipelines.segmentation_metrics import (
     confusion,
     dice_loss,
@@ -186,7 +186,7 @@ def test_multiclass_dice_ignores_background_and_punishes_missing_foreground():
         ({"size": "8"}, "size must be N or HxW"),
         ({"size": "16", "depth": "5"}, "depth 5 needs a size of at least 32 px"),
         ({"epochs": "two"}, "epochs must be an integer"),
-        ({"model": "cnn_seed"}, "model must be one of unet_small"),
+        ({"model": "cnn_reference"}, "model must be one of unet_small"),
         ({"precision": "fp16", "device": "cpu"}, "fp16 needs CUDA"),
         ({"colour": "red"}, "unknown segment parameter"),
     ],
@@ -343,7 +343,7 @@ def test_segment_resume_continues_exactly_like_an_uninterrupted_run(tracking, mo
         assert torch.load(checkpoint_dir(rid) / "last.pt", weights_only=True)["epoch"] == 1
 
         monkeypatch.setattr(runner, "fit", real_fit)
-        resumed = segment.run(segment.config_from_run(rid), resume_run_id=rid, progress=False)
+        resumed = segment.run(config_from_run(rid), resume_run_id=rid, progress=False)
         reference = segment.run(segment_config(**raw), experiment=f"{name}-reference", progress=False)
     finally:
         torch.set_num_threads(threads)

@@ -6,7 +6,8 @@ import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
-from pipelines.config import ConfigError
+from pipelines.parsing import ConfigError
+from tests.conftest import module_tracking
 
 # ---- plans: every parameter checked before any run ----
 
@@ -37,7 +38,7 @@ def test_plan_resolves_trials_and_scale():
     adhoc = plan_study("mine", configs="fcnet;simple_cnn:lr=0.01,optimizer=sgd", seeds="0", epochs="3")
     assert adhoc.data_cfg.dataset == "mnist"  # the first model's data set
     assert [t.label for t in adhoc.trials] == ["fcnet", "simple_cnn:lr=0.01,optimizer=sgd"]
-    assert adhoc.trials[1].train_cfg.recipe()["lr"] == 0.01 and adhoc.trials[1].train_cfg.epochs == 3
+    assert adhoc.trials[1].train_cfg.recipe()["lr"] == 0.01 and adhoc.trials[1].train_cfg.recipe()["epochs"] == 3
 
 
 @pytest.mark.parametrize(
@@ -45,7 +46,7 @@ def test_plan_resolves_trials_and_scale():
     [
         ({"name": "nope"}, "study must be one of pooling, mnist_arch, cifar10_arch, kernel"),
         ({"name": "pooling", "seeds": "0,0"}, "seeds must not repeat"),
-        ({"name": "pooling", "seeds": "a"}, "seeds must be an integer"),
+        ({"name": "pooling", "seeds": "a"}, "seeds must be comma-separated integers"),
         ({"name": "pooling", "scale": "huge"}, "scale must be one of full, quick"),
         ({"name": "x", "configs": "nomodel"}, "configs model must be one of"),
         ({"name": "x", "configs": "fcnet:lr=abc"}, "lr must be a number"),
@@ -92,16 +93,9 @@ def test_rank_ties_go_to_the_faster_configuration():
 @pytest.fixture(scope="module")
 def pooling_study(mlflow_server, tmp_path_factory):
     """Crash after two children, resume (same parent, two reused), then an idempotent third run."""
-    import mlflow
-
     import pipelines.study as study
 
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", mlflow_server)
-        mp.setenv("PIPELINE_CHECKPOINT_DIR", str(tmp_path_factory.mktemp("study-ckpt")))
-        mp.delenv("MLFLOW_RUN_ID", raising=False)
-        mp.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
-        mlflow.set_tracking_uri(mlflow_server)
+    with module_tracking(mlflow_server, tmp_path_factory.mktemp("study-ckpt")) as mp:
         plan = study.plan_study("pooling", seeds="0,1", epochs="1", dataset="digits")
 
         real_run_trial, calls = study.run_trial, []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipelines.config import ConfigError
+from pipelines.parsing import ConfigError
 
 
 @pytest.mark.parametrize(
@@ -36,7 +36,8 @@ def test_plan_and_trial_points():
     plan = plan_sweep(epochs="3", lr="0.01", weight_decay="0", num_samples="2")
     assert plan.epochs == 3 and plan.base_cfg.eval_every == 1 and plan.lr == (0.01, 0.01)
     spec = point_spec(plan, {"lr": 0.0123456, "batch_size": 64, "weight_decay": 0.0}, "007")
-    assert spec.train_cfg.lr == 0.01235 and spec.train_cfg.batch_size == 64 and spec.val_fraction == 0.1
+    assert spec.train_cfg.recipe()["lr"] == 0.01235 and spec.train_cfg.recipe()["batch_size"] == 64
+    assert spec.val_fraction == 0.1
     assert spec.run_name == "trial-007" and spec.tags == {"sweep": "sweep-pooling_cnn", "trial": "007"}
     assert concurrency(None, 100) == cpu_count() and concurrency(64, 3) <= 3 and concurrency(1, 5) == 1
 

@@ -64,7 +64,7 @@ def test_same_seed_same_weights(tensors):
 
 
 def test_resuming_a_checkpoint_of_another_model_is_a_one_line_error(tensors, tmp_path):
-    from pipelines.config import ConfigError
+    from pipelines.parsing import ConfigError
 
     ckpt = tmp_path / "last.pt"
     train(tensors, {**RECIPE, "epochs": 1}, checkpoint_path=ckpt)

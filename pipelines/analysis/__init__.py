@@ -1,1 +1,1 @@
-"""Analyses of trained models (loss landscape, ...): pure computation, no MLflow."""
+"""Analyses of trained models, each a run of its own; ``landscape`` is the computation, with no MLflow."""

@@ -10,7 +10,7 @@ Directions
     perturbed.
 
 Modes (every point is a linear combination ``c0*θ + c1*d1 + c2*d2``, see :func:`point_coefficients`)
-    ``seed``: the reference notebooks' interpolation towards the random point: 1-D ``θ + α(d1 − θ)``;
+    ``reference``: the reference notebooks' interpolation towards the random point: 1-D ``θ + α(d1 − θ)``;
     2-D ``t = θ + α(d1 − θ)`` then ``t = t + β(d2 − t)``.
     ``li``: Li et al.: ``θ + α d1`` (1-D), ``θ + α d1 + β d2`` (2-D).
 
@@ -42,7 +42,7 @@ import math
 import sys
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, TypedDict
 
 import numpy as np
 import torch
@@ -52,9 +52,12 @@ from torch import Tensor
 from torch.func import functional_call, vmap
 from tqdm import tqdm
 
-Mode = Literal["seed", "li"]
+if TYPE_CHECKING:  # typing.Unpack is Python 3.11+; annotations are never evaluated here
+    from typing_extensions import Unpack
+
+Mode = Literal["reference", "li"]
 Method = Literal["auto", "grouped", "vmap"]
-MODES: tuple[str, ...] = ("seed", "li")
+MODES: tuple[str, ...] = ("reference", "li")
 METHODS: tuple[str, ...] = ("auto", "grouped", "vmap")
 
 # Largest activation (K points × images × elements × bytes) per forward pass, and the default chunk
@@ -94,11 +97,11 @@ def trainable_parameters(model: nn.Module) -> dict[str, Tensor]:
 def _slice_norm_ratio(p: np.ndarray, r: np.ndarray, normalization: str) -> np.ndarray | np.floating:
     """``||p|| / ||r||`` per slice, with the reference notebook's exact numpy expressions (float32 p, float64 r)."""
     rank = r.ndim
-    if normalization == "seed" and rank == 4:  # conv: per 2-D kernel [out, in]
+    if normalization == "reference" and rank == 4:  # conv: per 2-D kernel [out, in]
         norm_r = np.sqrt((r**2).sum(axis=-1).sum(axis=-1))
         norm_p = np.sqrt((p**2).sum(axis=-1).sum(axis=-1))
         return (norm_p / norm_r).reshape(*norm_p.shape, 1, 1)
-    if normalization == "seed" and rank == 2:  # fc: per row
+    if normalization == "reference" and rank == 2:  # fc: per row
         norm_r = np.sqrt((r**2).sum(axis=-1))
         norm_p = np.sqrt((p**2).sum(axis=-1))
         return (norm_p / norm_r).reshape(-1, 1)
@@ -112,19 +115,19 @@ def _slice_norm_ratio(p: np.ndarray, r: np.ndarray, normalization: str) -> np.nd
 
 
 def random_direction(
-    model: nn.Module, seed: int, normalization: Literal["seed", "filter"] = "seed"
+    model: nn.Module, seed: int, normalization: Literal["reference", "filter"] = "reference"
 ) -> dict[str, Tensor]:
     """The reference notebook's ``generate_theta(seed)``: a random direction with the parameters' slice norms.
 
     Returns ``{name: tensor}`` over the trainable parameters, same dtype and device as each
-    parameter (the float64 numpy values rounded once to the parameter dtype). ``normalization="seed"``
+    parameter (the float64 numpy values rounded once to the parameter dtype). ``normalization="reference"``
     is the reference notebook's rule (conv per 2-D kernel, fc per row, bias whole); ``"filter"`` normalises conv
     weights per output filter over all its input channels (Li et al.'s filter-wise normalisation).
     The global numpy RNG is left untouched (``RandomState(seed)`` gives the same stream as
     ``np.random.seed(seed); np.random.normal(...)``).
     """
-    if normalization not in ("seed", "filter"):
-        raise ValueError(f"normalization must be 'seed' or 'filter'; got {normalization!r}")
+    if normalization not in ("reference", "filter"):
+        raise ValueError(f"normalization must be 'reference' or 'filter'; got {normalization!r}")
     theta = trainable_parameters(model)
     if not theta:
         raise ValueError("model has no trainable parameters")
@@ -158,7 +161,7 @@ def _coefficients(mode: str, alphas: np.ndarray, betas: np.ndarray | None) -> np
     b = np.zeros_like(a) if betas is None else np.asarray(betas, dtype=np.float64)
     if mode == "li":
         return np.stack([np.ones_like(a), a, b], axis=1)
-    # seed: t = θ + a(d1 − θ); t + b(d2 − t) = (1−b)(1−a) θ + (1−b) a d1 + b d2
+    # reference: t = θ + a(d1 − θ); t + b(d2 − t) = (1−b)(1−a) θ + (1−b) a d1 + b d2
     return np.stack([(1 - b) * (1 - a), (1 - b) * a, b], axis=1)
 
 
@@ -175,7 +178,7 @@ def perturbed_parameters(
         raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
     out = {}
     for name, v in theta.items():
-        if mode == "seed":
+        if mode == "reference":
             t = v + alpha * (d1[name] - v)
             if d2 is not None:
                 t = t + beta * (d2[name] - t)
@@ -382,13 +385,17 @@ def _losses(
     coefs: np.ndarray,
     d1: dict[str, Tensor],
     d2: dict[str, Tensor] | None,
-    chunk: int | None,
-    batch: int | None,
-    method: str,
-    progress: bool,
     desc: str,
+    *,
+    chunk: int | None = None,
+    batch: int | None = None,
+    method: str = "auto",
+    progress: bool = True,
 ) -> np.ndarray:
-    """Mean cross-entropy over (x, y) at every point ``coefs[p] · (θ, d1, d2)``: float64 [P]."""
+    """Mean cross-entropy over (x, y) at every point ``coefs[p] · (θ, d1, d2)``: float64 [P].
+
+    ``desc`` names the progress bar; the keywords (and their defaults) are :class:`LossOptions`.
+    """
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
     theta = trainable_parameters(model)
@@ -461,6 +468,21 @@ def _vmapped_logits(tail: nn.Module, p: dict[str, Tensor], inp: Tensor, batched_
 # ----------------------------------------------------------------------------------------- API
 
 
+class LossOptions(TypedDict, total=False):
+    """How :func:`loss_curve` and :func:`loss_grid` evaluate their points, as keywords (all optional).
+
+    ``chunk``: points per forward pass (default: 1 on CPU, where batching points measured no
+    faster, 64 on CUDA); ``batch``: images per forward pass (default: as many as fit a small
+    activation budget); ``method``: ``"auto"`` (default), ``"grouped"`` or ``"vmap"`` (see the
+    module docstring); ``progress``: a progress bar on stderr (default on).
+    """
+
+    chunk: int | None
+    batch: int | None
+    method: Method
+    progress: bool
+
+
 def loss_curve(
     model: nn.Module,
     x: Tensor | np.ndarray,
@@ -468,22 +490,15 @@ def loss_curve(
     alphas: Sequence[float] | np.ndarray,
     direction: dict[str, Tensor],
     mode: Mode,
-    chunk: int | None = None,
-    progress: bool = True,
-    *,
-    batch: int | None = None,
-    method: Method = "auto",
+    **options: Unpack[LossOptions],
 ) -> np.ndarray:
     """Mean cross-entropy on (x, y) along ``direction``: float64 [len(alphas)].
 
     ``x``: float or uint8 images as the model takes them (NHWC 0..255 here), ``y``: int labels.
-    ``chunk``: points per forward pass (default: 1 on CPU, where batching points measured no
-    faster, 64 on CUDA); ``batch``: images per forward pass (default: as many as fit a small
-    activation budget).
     """
     alphas = np.asarray(alphas, dtype=np.float64).reshape(-1)
     coefs = _coefficients(mode, alphas, None)
-    return _losses(model, x, y, coefs, direction, None, chunk, batch, method, progress, "landscape 1d")
+    return _losses(model, x, y, coefs, direction, None, "landscape 1d", **options)
 
 
 def loss_grid(
@@ -495,11 +510,7 @@ def loss_grid(
     d1: dict[str, Tensor],
     d2: dict[str, Tensor],
     mode: Mode,
-    chunk: int | None = None,
-    progress: bool = True,
-    *,
-    batch: int | None = None,
-    method: Method = "auto",
+    **options: Unpack[LossOptions],
 ) -> np.ndarray:
     """Mean cross-entropy on (x, y) over the grid: float64 [len(alphas), len(betas)], ``Z[i, j]`` at
     ``(alphas[i], betas[j])`` (the reference notebooks' ``ZZ.reshape(size, size)`` with α the outer loop)."""
@@ -507,7 +518,7 @@ def loss_grid(
     b = np.asarray(betas, dtype=np.float64).reshape(-1)
     aa, bb = np.meshgrid(a, b, indexing="ij")
     coefs = _coefficients(mode, aa.ravel(), bb.ravel())
-    z = _losses(model, x, y, coefs, d1, d2, chunk, batch, method, progress, "landscape 2d")
+    z = _losses(model, x, y, coefs, d1, d2, "landscape 2d", **options)
     return z.reshape(len(a), len(b))
 
 

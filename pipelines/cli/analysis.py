@@ -5,39 +5,19 @@ from __future__ import annotations
 import click
 
 from pipelines.cli.app import cli, entry_point, experiment_option
-from pipelines.config import (
-    AUTO,
-    data_config_from,
-    parse_choice,
-    parse_device,
-    parse_float,
-    parse_int,
-    train_config_from,
-)
-from pipelines.params import click_params
+from pipelines.config import data_config_from, train_config_from
+from pipelines.params import click_params, param, parsed
 
 
 @cli.command()
 @click_params("landscape")
 @experiment_option
 @entry_point
-def landscape(model, mode, seed1, seed2, step1d, step2d, limit, max_points, device, experiment):
+def landscape(model, experiment, **raw):
     """Loss landscape (1-D curve, 2-D contour, 3-D surface) of a trained model on its test split."""
-    from pipelines.analysis import runs
+    from pipelines.analysis import landscape_run
 
-    cap = None if str(max_points).strip().lower() in ("", "none", "0") else parse_int("max_points", max_points, 3)
-    result = runs.landscape(
-        model,
-        parse_choice("mode", mode, ("seed", "li")),
-        parse_int("seed1", seed1, 0),
-        parse_int("seed2", seed2, 0),
-        parse_float("step1d", step1d),
-        parse_float("step2d", step2d),
-        parse_float("limit", limit),
-        cap,
-        parse_device(device),
-        experiment or None,
-    )
+    result = landscape_run.landscape(model, **parsed("landscape", **raw), experiment=experiment or None)
     rid, m = result.run_id, result.metrics
     click.echo(
         f"landscape run {rid}: loss_center {m['loss_center']:.4f}, sharpness {m.get('sharpness', float('nan')):.4f}, "
@@ -51,17 +31,18 @@ def landscape(model, mode, seed1, seed2, step1d, step2d, limit, max_points, devi
 @entry_point
 def gradients(source, experiment, **raw):
     """Train with per-layer gradient statistics per epoch (gradient flow); flags vanishing/exploding layers."""
-    from pipelines.analysis import runs
+    from pipelines.analysis import gradient_flow
+    from pipelines.analysis.source import resolve_train_run
     from pipelines.train import configs_from_run
 
     if source:
-        source = runs.resolve_train_run(source)
+        source = resolve_train_run(source)
         data_cfg, cfg = configs_from_run(source)
-        if str(raw["epochs"]).strip().lower() != AUTO:
-            cfg.epochs = parse_int("epochs", raw["epochs"])
+        if (epochs := param("epochs", "gradients").parse(raw["epochs"])) is not None:
+            cfg = cfg.with_recipe(epochs=epochs, raw={"epochs": raw["epochs"]})
     else:
         data_cfg, cfg = data_config_from(raw), train_config_from(raw)
-    result = runs.gradients(data_cfg, cfg, source or None, experiment or None)
+    result = gradient_flow.gradients(data_cfg, cfg, source or None, experiment or None)
     rid, flags = result.run_id, result.flags
     click.echo(f"gradients run {rid}: " + "; ".join(f"{k} {','.join(v) or 'none'}" for k, v in flags.items()))
 
@@ -72,9 +53,10 @@ def gradients(source, experiment, **raw):
 @entry_point
 def features(model, n_images, max_maps, experiment):
     """First-layer filters and activations, and the feature maps after every conv layer, as image grids."""
-    from pipelines.analysis import runs
+    from pipelines.analysis import feature_maps
 
-    result = runs.features(model, parse_int("n_images", n_images), parse_int("max_maps", max_maps), experiment or None)
+    v = parsed("features", n_images=n_images, max_maps=max_maps)
+    result = feature_maps.features(model, v["n_images"], v["max_maps"], experiment or None)
     rid, m = result.run_id, result.metrics
     click.echo(f"features run {rid}: {int(m['conv_layers'])} conv layers")
 
@@ -85,9 +67,10 @@ def features(model, n_images, max_maps, experiment):
 @entry_point
 def invariance(fc_model, cnn_model, max_shift, experiment):
     """Test accuracy and prediction agreement of an FC model and a CNN under horizontal/vertical shifts."""
-    from pipelines.analysis import runs
+    from pipelines.analysis import invariance as invariance_run
 
-    result = runs.invariance(fc_model, cnn_model, parse_int("max_shift", max_shift, 0), experiment or None)
+    shift = param("max_shift", "invariance").parse(max_shift)
+    result = invariance_run.invariance(fc_model, cnn_model, shift, experiment or None)
     rid, df = result.run_id, result.table
     last = df[df["shift"] == df["shift"].max()]
     click.echo(

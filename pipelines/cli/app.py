@@ -14,7 +14,7 @@ import sys
 import click
 
 from pipelines.data import DataError
-from pipelines.params import ConfigError
+from pipelines.parsing import ConfigError
 
 USER_ERRORS = (ConfigError, DataError)
 

@@ -6,9 +6,10 @@ import click
 
 from models import count_params, create_model, list_models, model_info
 from pipelines.cli.app import cli, entry_point, experiment_option, resume_option
-from pipelines.config import ConfigError, data_config_from, export_config, parse_float, train_config_from
+from pipelines.config import data_config_from, export_config, train_config_from
 from pipelines.data import default_classes
-from pipelines.params import click_params
+from pipelines.params import click_params, param
+from pipelines.parsing import ConfigError
 
 
 @cli.command()
@@ -76,7 +77,7 @@ def export_onnx_cmd(train_run_id, test_accuracy, eval_run_id, registered_model_n
     require_run(train_run_id, step=("train", "trial"))  # a wrong id: one line, before any run exists
     if eval_run_id:
         require_run(eval_run_id, step="evaluate")
-    score = parse_float("test_accuracy", test_accuracy, allow_auto=True)
+    score = param("test_accuracy", "export_onnx").parse(test_accuracy)
     if score is None and eval_run_id:
         score = run_data(eval_run_id)[1].get("test_accuracy")
     result = step.run(

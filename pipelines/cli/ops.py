@@ -7,8 +7,8 @@ from pathlib import Path
 import click
 
 from pipelines.cli.app import Command, _fail, cli, entry_point, experiment_option, resume_option
-from pipelines.config import ConfigError, parse_choice, parse_int
-from pipelines.params import click_params
+from pipelines.params import click_params, param
+from pipelines.parsing import ConfigError
 from pipelines.segmentation_config import config_from_run, segment_config
 
 
@@ -21,7 +21,7 @@ def demo(cnn_uri, fc_uri, out, port, serve):
     from pipelines.demo import build, make_server, url_of
     from tracking.errors import RunKilled
 
-    port = parse_int("port", port, minimum=0)
+    port = param("port", "demo").parse(port)
     folder = build(cnn_uri, fc_uri, out)
     click.echo(f"demo written to {folder}")
     if not serve:
@@ -127,12 +127,7 @@ def _serve_until_stopped(proc, url: str, where: str = "") -> None:
 
 
 @cli.command()
-@click.argument("run_id")
-@click.option(
-    "--status",
-    default="",
-    help="End a run left RUNNING with no local record of its end (a killed process): FINISHED | FAILED | KILLED.",
-)
+@click_params("resync")
 @entry_point
 def resync(run_id, status):
     """Upload what a run kept locally while the tracking server was down (metrics, files, its end)."""
@@ -140,7 +135,7 @@ def resync(run_id, status):
     from tracking.offline import load_pending, local_run_dir, replay_pending
     from tracking.queries import require_run, set_run_status
 
-    status = parse_choice("status", status, ("FINISHED", "FAILED", "KILLED"), allow_auto=True) if status else None
+    status = param("status", "resync").parse(status)
     run = require_run(run_id)
     folder = local_run_dir(run_id)
     metrics_file = folder / "metrics.jsonl"
@@ -159,19 +154,15 @@ def resync(run_id, status):
 
 
 @cli.command()
-@click.option(
-    "--model-uri", required=True, help="ONNX classifier: models:/cifar100-pooling_cnn@champion or a local .onnx file."
-)
-@click.option("--top-k", default="3", show_default=True, help="Classes to print per image.")
+@click_params("classify")
 @click.option("--resize/--no-resize", default=True, show_default=True, help="Resize images to the model's input.")
-@click.argument("images", nargs=-1)
 @entry_point
 def classify(model_uri, top_k, resize, images):
     """Top-k classes of IMAGES (PNG/JPEG/...) from a registered ONNX model, via onnxruntime (no run is created)."""
     from pipelines.classify import classify as predict
     from pipelines.classify import format_prediction
 
-    k = parse_int("top_k", top_k)
+    k = param("top_k", "classify").parse(top_k)
     for pred in predict(model_uri, list(images), k, resize):
         if pred.resized:
             size = f"{pred.size[0]}x{pred.size[1]}"
@@ -198,7 +189,7 @@ def init_store():
 @click.option("--check", is_flag=True, help="Only say whether the MLproject matches the table (exit 1 if not).")
 def mlproject(check):
     """Write the MLproject from the parameter table (pipelines/params.py)."""
-    from pipelines.params import render_mlproject
+    from pipelines.mlproject import render_mlproject
 
     path = Path(__file__).resolve().parents[2] / "MLproject"
     text = render_mlproject()

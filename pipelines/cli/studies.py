@@ -5,8 +5,7 @@ from __future__ import annotations
 import click
 
 from pipelines.cli.app import cli, entry_point, experiment_option
-from pipelines.config import parse_int
-from pipelines.params import click_params
+from pipelines.params import click_params, param, parsed
 
 
 @cli.command()
@@ -28,7 +27,7 @@ def study(name, configs, seeds, scale, epochs, dataset, data_dir, classes, devic
         registered_model_name=kw["registered_model_name"],
         executor=kw["executor"],
         ray_address=kw["ray_address"] or None,
-        max_concurrent=parse_int("max_concurrent", kw["max_concurrent"], allow_auto=True),
+        max_concurrent=param("max_concurrent", "study").parse(kw["max_concurrent"]),
     )
     click.echo(r.text)
     reused = sum(t.reused for t in r.trials)
@@ -73,7 +72,7 @@ def sweep(executor, ray_address, max_concurrent, experiment, **kw):
         experiment=experiment or None,
         executor=executor,
         ray_address=ray_address or None,
-        max_concurrent=parse_int("max_concurrent", max_concurrent, allow_auto=True),
+        max_concurrent=param("max_concurrent", "sweep").parse(max_concurrent),
     )
     click.echo(r.text)
     best = r.best
@@ -98,8 +97,6 @@ def reproduce(only, scale, seeds, data_dir, stand_in, out, device, precision, pl
     Parameter counts are checked without training; finished trials with the same params are reused.
     The plan (trials, reuse, estimated time) is printed first; --plan true stops there.
     """
-    from pipelines.config import parse_bool
-    from pipelines.params import MINUTES
     from pipelines.reproduce import run as step
 
     r = step.run(
@@ -112,8 +109,7 @@ def reproduce(only, scale, seeds, data_dir, stand_in, out, device, precision, pl
         experiment or None,
         device,
         precision,
-        plan=parse_bool("plan", plan),
-        max_minutes=MINUTES.parse("max_minutes", max_minutes),
+        **parsed("reproduce", plan=plan, max_minutes=max_minutes),
     )
     if r is None:
         return

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,8 +10,8 @@ import numpy as np
 
 from pipelines.data import DataError, Dataset, class_subset
 from pipelines.data.download import cache_dir, download, extract_tar, md5sum
-from pipelines.data.pickles import cifar_images, load_cifar_pickle
-from pipelines.data.synthetic import make_split
+from pipelines.data.pickles import cifar_images, cifar_rows, dump_cifar_pickle, load_cifar_pickle
+from pipelines.data.synthetic import Splits, SyntheticWriter
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 TAR_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -98,41 +97,30 @@ def load(data_dir: str | Path | None = None, classes: Sequence[int] = DEFAULT_CL
     return class_subset(NAME, (x_train, y_train), (x_test, y_test), classes, names, MEAN, STD, folder, caught)
 
 
-def _dump(path: Path, blob: dict) -> None:
-    with open(path, "wb") as f:
-        pickle.dump(blob, f, protocol=2)
+def _write_batches(folder: Path, files: list[str], kind: str, x: np.ndarray, labels: list[int]) -> None:
+    """One split's images spread evenly over ``files`` (the train split over ``data_batch_1..5``)."""
+    data = cifar_rows(x)
+    for i, (name, idx) in enumerate(zip(files, np.array_split(np.arange(len(x)), len(files)), strict=True)):
+        blob = {
+            b"batch_label": f"{kind} batch {i + 1} of {len(files)} (synthetic)".encode(),
+            b"labels": [labels[j] for j in idx],
+            b"data": data[idx],
+            b"filenames": [f"synthetic_{j}.png".encode() for j in idx],
+        }
+        dump_cifar_pickle(folder / name, blob)
 
 
-def write_synthetic(
-    root: str | Path,
-    per_class_train: int = 20,
-    per_class_test: int = 10,
-    classes: Sequence[int] = DEFAULT_CLASSES,
-    seed: int = 0,
-    label_names: Sequence[str] = LABEL_NAMES,
-) -> Path:
-    """Write a small CIFAR-10 in the real pickle format into ``root/cifar-10-batches-py``.
-
-    Bytes keys, protocol 2, uint8 [N, 3072] CHW rows; the train images are spread over
-    ``data_batch_1..5``. Each class gets its own colour and stripe orientation plus noise.
-    """
-    rng = np.random.default_rng(seed)
-    folder = Path(root) / FOLDER
-    folder.mkdir(parents=True, exist_ok=True)
-    for files, per_class, kind in ((TRAIN_FILES, per_class_train, "training"), (TEST_FILES, per_class_test, "testing")):
-        x, labels = make_split(rng, classes, per_class)
-        data = x.transpose(0, 3, 1, 2).reshape(len(x), 3072)  # NHWC -> CHW rows
-        for i, (name, idx) in enumerate(zip(files, np.array_split(np.arange(len(x)), len(files)), strict=True)):
-            _dump(
-                folder / name,
-                {
-                    b"batch_label": f"{kind} batch {i + 1} of {len(files)} (synthetic)".encode(),
-                    b"labels": [labels[j] for j in idx],
-                    b"data": np.ascontiguousarray(data[idx]),
-                    b"filenames": [f"synthetic_{j}.png".encode() for j in idx],
-                },
-            )
-    meta = {b"num_cases_per_batch": -(-len(classes) * per_class_train // 5), b"num_vis": 3072}
+def _write_pickles(folder: Path, splits: Splits, label_names: Sequence[str] = LABEL_NAMES) -> None:
+    """The batches and ``batches.meta`` in the real pickle format (bytes keys, uint8 [N, 3072] CHW rows)."""
+    batches = {"train": (TRAIN_FILES, "training"), "test": (TEST_FILES, "testing")}
+    for split, (x, labels) in splits.items():
+        _write_batches(folder, *batches[split], x, labels)
+    meta = {b"num_cases_per_batch": -(-len(splits["train"][0]) // len(TRAIN_FILES)), b"num_vis": 3072}
     meta[b"label_names"] = [str(n).encode() for n in label_names]
-    _dump(folder / META_FILE, meta)
-    return folder
+    dump_cifar_pickle(folder / META_FILE, meta)
+
+
+# write_synthetic(root, per_class_train=20, per_class_test=10, classes=DEFAULT_CLASSES, seed=0,
+# label_names=LABEL_NAMES) -> the folder: a small CIFAR-10 in ``root/cifar-10-batches-py``; each
+# class gets its own colour and stripe orientation plus noise, so a CNN can learn it.
+write_synthetic = SyntheticWriter(_write_pickles, FOLDER, DEFAULT_CLASSES)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,8 +10,8 @@ import numpy as np
 
 from pipelines.data import DataError, Dataset, class_subset
 from pipelines.data.download import cache_dir, download, extract_tar, md5sum
-from pipelines.data.pickles import cifar_images, load_cifar_pickle
-from pipelines.data.synthetic import make_split
+from pipelines.data.pickles import cifar_images, cifar_rows, dump_cifar_pickle, load_cifar_pickle
+from pipelines.data.synthetic import Splits, SyntheticWriter
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
 TAR_MD5 = "eb9058c3a382ffc7106e4002c42a8d85"
@@ -71,36 +70,25 @@ def load(data_dir: str | Path | None = None, classes: Sequence[int] = DEFAULT_CL
     return class_subset("cifar100", (x_train, y_train), (x_test, y_test), classes, names, MEAN, STD, folder, caught)
 
 
-def write_synthetic(
-    root: str | Path,
-    per_class_train: int = 20,
-    per_class_test: int = 10,
-    classes: Sequence[int] = DEFAULT_CLASSES,
-    seed: int = 0,
-) -> Path:
-    """Write a small CIFAR-100 in the real pickle format (bytes keys, uint8 [N, 3072] CHW rows).
-
-    Each class gets its own colour and stripe orientation plus noise, so a CNN can learn it.
-    """
-    rng = np.random.default_rng(seed)
-    folder = Path(root) / FOLDER
-    folder.mkdir(parents=True, exist_ok=True)
-    for split, per_class in (("train", per_class_train), ("test", per_class_test)):
-        x, labels = make_split(rng, classes, per_class)
-        data = x.transpose(0, 3, 1, 2).reshape(len(x), 3072)  # NHWC -> CHW rows
+def _write_pickles(folder: Path, splits: Splits) -> None:
+    """``train``, ``test`` and ``meta`` in the real pickle format (bytes keys, uint8 [N, 3072] CHW rows)."""
+    for split, (x, labels) in splits.items():
         blob = {
             b"filenames": [f"synthetic_{i}.png".encode() for i in range(len(x))],
             b"batch_label": f"synthetic {split}".encode(),
             b"fine_labels": labels,
             b"coarse_labels": [lbl // 5 for lbl in labels],
-            b"data": np.ascontiguousarray(data),
+            b"data": cifar_rows(x),
         }
-        with open(folder / split, "wb") as f:
-            pickle.dump(blob, f, protocol=2)
+        dump_cifar_pickle(folder / split, blob)
     meta = {
         b"fine_label_names": [f"class_{i}".encode() for i in range(100)],
         b"coarse_label_names": [f"super_{i}".encode() for i in range(20)],
     }
-    with open(folder / "meta", "wb") as f:
-        pickle.dump(meta, f, protocol=2)
-    return folder
+    dump_cifar_pickle(folder / "meta", meta)
+
+
+# write_synthetic(root, per_class_train=20, per_class_test=10, classes=DEFAULT_CLASSES, seed=0) -> the folder:
+# a small CIFAR-100 in ``root/cifar-100-python``; each class gets its own colour and stripe
+# orientation plus noise, so a CNN can learn it.
+write_synthetic = SyntheticWriter(_write_pickles, FOLDER, DEFAULT_CLASSES)

@@ -13,7 +13,7 @@ import numpy as np
 
 from pipelines.data import DataError, Dataset, class_subset
 from pipelines.data.download import cache_dir, download, md5sum
-from pipelines.data.synthetic import make_split
+from pipelines.data.synthetic import Splits, SyntheticWriter
 
 # The mirrors torchvision uses, in its order: the S3 copy first, the original site second.
 MIRRORS = ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/")
@@ -151,25 +151,16 @@ def write_idx(path: Path, array: np.ndarray, magic: int) -> None:
         path.write_bytes(blob)
 
 
-def write_synthetic(
-    root: str | Path,
-    per_class_train: int = 20,
-    per_class_test: int = 10,
-    classes: Sequence[int] = DEFAULT_CLASSES,
-    seed: int = 0,
-    compress: bool = True,
-) -> Path:
-    """Write a small MNIST as the four idx files (gzip unless ``compress=False``) into ``root``.
-
-    Each class gets its own grey level and stripe orientation plus noise, so a CNN can learn it.
-    """
-    rng = np.random.default_rng(seed)
-    folder = Path(root)
-    folder.mkdir(parents=True, exist_ok=True)
+def _write_idx_files(folder: Path, splits: Splits, compress: bool = True) -> None:
+    """The four idx files, gzip-compressed (the official names) unless ``compress=False``."""
     suffix = ".gz" if compress else ""
-    for split, per_class in (("train", per_class_train), ("test", per_class_test)):
-        x, labels = make_split(rng, classes, per_class, size=28, channels=1)
+    for split, (x, labels) in splits.items():
         images_name, labels_name = FILES[split]
         write_idx(folder / f"{images_name}{suffix}", x[..., 0], IMAGES_MAGIC)
         write_idx(folder / f"{labels_name}{suffix}", np.asarray(labels, dtype=np.uint8), LABELS_MAGIC)
-    return folder
+
+
+# write_synthetic(root, per_class_train=20, per_class_test=10, classes=DEFAULT_CLASSES, seed=0,
+# compress=True) -> the folder: a small MNIST as the four idx files in ``root`` itself; each class
+# gets its own grey level and stripe orientation plus noise, so a CNN can learn it.
+write_synthetic = SyntheticWriter(_write_idx_files, "", DEFAULT_CLASSES, size=28, channels=1)

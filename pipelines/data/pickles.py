@@ -1,4 +1,4 @@
-"""Reading CIFAR's python pickles without letting a file run code.
+"""Reading CIFAR's python pickles without letting a file run code, and writing them (synthetic data).
 
 A pickle can name any importable callable; a crafted ``data_dir`` file would run it on load.
 The official CIFAR files hold only dicts, lists, bytes and numpy arrays, so only numpy's array
@@ -62,3 +62,14 @@ def cifar_images(path: Path, d: dict, label_key: str, num_labels: int) -> tuple[
     if len(labels) and (labels.min() < 0 or labels.max() > num_labels - 1):
         raise DataError(f"{path}: {label_key.replace('_', ' ')} outside 0..{num_labels - 1}")
     return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels  # CHW rows -> NHWC
+
+
+def cifar_rows(x: np.ndarray) -> np.ndarray:
+    """uint8 NHWC images as the official files store them: one CHW row of 3072 bytes per image."""
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2).reshape(len(x), 3072))
+
+
+def dump_cifar_pickle(path: Path, blob: dict) -> None:
+    """Write ``blob`` as the official files are written: protocol 2 (the keys bytes, as there)."""
+    with open(path, "wb") as f:
+        pickle.dump(blob, f, protocol=2)

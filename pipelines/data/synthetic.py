@@ -6,7 +6,10 @@ file format, so tests exercise the real parsers on data a model can actually lea
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -48,3 +51,44 @@ def make_split(
     x = np.concatenate(xs) if xs else np.zeros((0, size, size, channels), np.uint8)
     order = rng.permutation(len(x))
     return x[order], [ys[i] for i in order]
+
+
+Splits = dict[str, tuple[np.ndarray, list[int]]]  # "train"/"test" -> (uint8 NHWC images, class ids)
+
+
+@dataclass(frozen=True)
+class SyntheticWriter:
+    """A data set's ``write_synthetic(root, per_class_train=20, per_class_test=10, classes=None, seed=0, **options)``.
+
+    Every data set draws its tiny learnable copy the same way (``make_split``, one seeded
+    generator, the train split first); only the files differ, so each module gives ``write`` (its
+    real format: ``write(folder, splits, **options)``), where under ``root`` they go, its default
+    classes and its image size. ``classes=None`` means those defaults.
+    """
+
+    write: Callable[..., None]
+    subfolder: str
+    default_classes: Sequence[int]
+    size: int = 32
+    channels: int = 3
+
+    def __call__(
+        self,
+        root: str | Path,
+        per_class_train: int = 20,
+        per_class_test: int = 10,
+        classes: Sequence[int] | None = None,
+        seed: int = 0,
+        **options: Any,
+    ) -> Path:
+        """Write ``per_class_*`` images of each class into ``root/subfolder``; returns that folder."""
+        classes = list(self.default_classes if classes is None else classes)
+        rng = np.random.default_rng(seed)
+        splits = {
+            split: make_split(rng, classes, per_class, self.size, self.channels)
+            for split, per_class in (("train", per_class_train), ("test", per_class_test))
+        }
+        folder = Path(root) / self.subfolder
+        folder.mkdir(parents=True, exist_ok=True)
+        self.write(folder, splits, **options)
+        return folder

@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from pipelines.data import DATASETS, default_classes
-from pipelines.params import ConfigError, parse_choice, parse_classes
+from pipelines.parsing import ConfigError, parse_choice, parse_classes
 
 CLAIMS_FILE = Path(__file__).with_name("claims.yaml")
 ACCURACY_METRICS = ("test_accuracy", "train_accuracy")

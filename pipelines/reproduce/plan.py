@@ -105,7 +105,7 @@ def reuse_experiments(name: str, experiment: str | None) -> list[str]:
 
 def plan_experiment(name: str, study_plan, ds: Dataset, data: DataUsed, experiment: str | None) -> ExperimentPlan:
     """One experiment's plan from its study plan: reused trials cost nothing, the others their estimate."""
-    epochs = int(study_plan.trials[0].train_cfg.epochs or study_plan.trials[0].train_cfg.recipe()["epochs"])
+    epochs = int(study_plan.trials[0].train_cfg.recipe()["epochs"])
     p = ExperimentPlan(
         name, [v.label for v in study_plan.variants], list(study_plan.seeds), epochs, data, len(study_plan.trials)
     )

@@ -33,8 +33,10 @@ import torch
 
 from models import count_params as count_trainable
 from models import create_model
-from pipelines.config import AUTO, DataConfig, data_config, parse_choice
+from pipelines.config import DataConfig, data_config
 from pipelines.data import DataError, Dataset
+from pipelines.params import parsed
+from pipelines.parsing import AUTO
 from pipelines.reproduce.claims import IMAGE_SHAPES, Claims, Experiment, load_claims
 from pipelines.reproduce.report import (
     TIME_VERDICT,
@@ -57,7 +59,6 @@ from tracking.artifacts import download, log_file
 from tracking.env import cpu_name
 from tracking.runs import log_metrics, log_params, set_tags
 
-STAND_INS = ("digits", "none")  # what trains when an experiment's data set cannot be loaded
 SEEDS = {"full": "0,1,2", "quick": "0"}  # default seeds per scale
 FIGURES = ("figures/accuracy_curves.png", "figures/accuracy_vs_time.png")
 # claim metric -> (study summary column, factor to the claim's unit)
@@ -332,12 +333,11 @@ def run(
     nothing else happens (no run, no training) and None is returned. ``max_minutes``: only the
     experiments that fit by the estimate run, cheapest first; the others are reported "not run (time)".
     """
-    from pipelines.study import SCALES, parse_seeds, run_study  # reproduce runs the experiments as studies
+    from pipelines.study import run_study  # reproduce runs the experiments as studies
 
-    scale = parse_choice("scale", scale, SCALES)
-    stand_in = parse_choice("stand_in", stand_in, STAND_INS)
-    seed_text = SEEDS[scale] if str(seeds).strip().lower() in ("", AUTO) else str(seeds)
-    parse_seeds(seed_text)
+    v = parsed("reproduce", scale=scale, stand_in=stand_in, seeds=seeds)
+    scale, stand_in = v["scale"], v["stand_in"]
+    seed_text = SEEDS[scale] if v["seeds"] is None else ",".join(map(str, v["seeds"]))
     book = (claims or load_claims()).select(only)
     out_dir = Path(out or f"reports/reproduce-{scale}")
     plans, data_used, loaded = _plan_studies(book, scale, seed_text, data_dir, stand_in, device, precision)
