@@ -20,23 +20,19 @@ from __future__ import annotations
 import argparse
 import time
 
-import torch
 from common import (  # bench/common.py, first: it puts the repo root on sys.path
     command_line,
     flops_per_image,
     fmt_list,
     load_data,
-    machine_info,
     md_table,
     median,
     peaks,
-    print_machine,
     run_fit,
+    start,
     tensors,
     write_results,
 )
-
-from pipelines.device import pick_precision
 
 POOLINGS = ("stride", "max", "avg")
 SATURATION = 0.9  # throughput within 10 % of the best counts as saturated
@@ -136,13 +132,29 @@ def parse_args(argv=None):
     return args
 
 
+def throughput_table(headers: tuple[str, str, str], keys: tuple[str, str, str], rows: list[dict]) -> str:
+    """A sweep's points: two columns naming the point, s/epoch, images/s, a ratio (the third key), GFLOPS, % of peak."""
+    first, second, ratio = keys
+    return md_table(
+        [headers[0], headers[1], "s/epoch", "images/s", headers[2], "GFLOPS", "% of peak"],
+        [
+            [
+                r[first],
+                r[second],
+                r["s_per_epoch"],
+                round(r["images_per_s"]),
+                f"{r[ratio]:.2f}",
+                r["gflops"],
+                f"{r['pct_peak']:.0f} %",
+            ]
+            for r in rows
+        ],
+    )
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    info = machine_info()
-    print_machine(info)
-    precision = pick_precision(args.precision, torch.device("cpu"))
+    info, precision = start(args)
     t0 = time.perf_counter()
     peak_all = peaks()
     peak = peak_all.get("bf16", peak_all["fp32"]) if precision == "bf16" else peak_all["fp32"]
@@ -164,39 +176,15 @@ def main(argv=None) -> dict:
         if sizes:
             md += [f"\nTime per epoch vs data size ({pooling}, batch 128, {precision}):\n"]
             md.append(
-                md_table(
-                    ["size", "train images", "s/epoch", "images/s", "cost vs linear", "GFLOPS", "% of peak"],
-                    [
-                        [
-                            r["size"],
-                            r["n_train"],
-                            r["s_per_epoch"],
-                            round(r["images_per_s"]),
-                            f"{r['cost_vs_linear']:.2f}",
-                            r["gflops"],
-                            f"{r['pct_peak']:.0f} %",
-                        ]
-                        for r in sizes
-                    ],
+                throughput_table(
+                    ("size", "train images", "cost vs linear"), ("size", "n_train", "cost_vs_linear"), sizes
                 )
             )
         if batches:
             md += [f"\nThroughput vs batch size ({pooling}, {len(ds.x_train)} images; saturates at ~{saturated}):\n"]
             md.append(
-                md_table(
-                    ["batch", "steps/epoch", "s/epoch", "images/s", "vs best", "GFLOPS", "% of peak"],
-                    [
-                        [
-                            r["batch_size"],
-                            r["steps_per_epoch"],
-                            r["s_per_epoch"],
-                            round(r["images_per_s"]),
-                            f"{r['vs_best']:.2f}",
-                            r["gflops"],
-                            f"{r['pct_peak']:.0f} %",
-                        ]
-                        for r in batches
-                    ],
+                throughput_table(
+                    ("batch", "steps/epoch", "vs best"), ("batch_size", "steps_per_epoch", "vs_best"), batches
                 )
             )
     header = (

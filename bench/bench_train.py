@@ -41,14 +41,14 @@ from common import (  # bench/common.py, first: it puts the repo root on sys.pat
     fmt_list,
     isolated,
     load_data,
-    machine_info,
     make_model,
     md_table,
     median,
     peaks,
-    print_machine,
+    recipe,
     reference_model,
     run_fit,
+    start,
     tensors,
     test_accuracy,
     write_results,
@@ -56,6 +56,7 @@ from common import (  # bench/common.py, first: it puts the repo root on sys.pat
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
+from pipelines import trainer
 from pipelines.device import cpu_has_native_bf16, pick_precision
 
 POOLINGS = ("stride", "max", "avg")
@@ -520,6 +521,99 @@ def gpu_path(ds, args) -> dict:
 # ---------------------------------------------------------------- report
 
 
+# ---------------------------------------------------------------- a study's seeds: one by one vs together
+
+
+def study_trials(ds, mode: str, args, precision: str) -> dict:
+    """The pooling study's trials in this process: ``mode`` "sequential" (``fit`` per trial) or "batched"
+    (``fit_seeds`` per pooling), each pooling after ``--warmup`` untimed epochs of the same; wall seconds and the
+    final weights (on the CPU) per pooling."""
+    from pipelines.batched import fit_seeds
+
+    seeds, device = args.study_seeds, torch.device(args.device)
+    x, y, xt, yt = tensors(ds, device)
+    data = {"x_train": x, "y_train": y, "x_test": xt, "y_test": yt}
+
+    def train(pooling: str, n_epochs: int) -> list[nn.Module]:
+        models = [make_model(pooling, seed, int(y.max()) + 1, device) for seed in seeds]
+        if mode == "batched":
+            fit_seeds(models, **data, recipe=recipe(n_epochs), seeds=seeds, precision=precision)
+        else:
+            for model, seed in zip(models, seeds):
+                trainer.fit(model, **data, recipe=recipe(n_epochs), seed=seed, precision=precision, progress=False)
+        return models
+
+    out: dict = {"wall_s": {}, "weights": {}}
+    for pooling in args.poolings:
+        if args.warmup:
+            train(pooling, args.warmup)
+        t0 = time.perf_counter()
+        models = train(pooling, args.epochs)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        out["wall_s"][pooling] = time.perf_counter() - t0
+        out["weights"][pooling] = [{k: v.cpu() for k, v in m.state_dict().items()} for m in models]
+    return out
+
+
+def study_bench(ds, args, precision: str) -> dict:
+    """Each pooling's seeds one by one vs together, every run in a fresh process, the order alternating by repeat;
+    median wall seconds, the speed-up, and how far the final weights of the two ways are apart."""
+    walls: dict[str, dict[str, list[float]]] = {p: {"sequential": [], "batched": []} for p in args.poolings}
+    apart = dict.fromkeys(args.poolings, 0.0)
+    modes = ("sequential", "batched")
+    print(f"\n== study: {len(args.poolings)} poolings x {len(args.study_seeds)} seeds, {args.epochs} epochs each")
+    for r in range(args.repeats):
+        res = {}
+        for mode in modes if r % 2 == 0 else modes[::-1]:
+            res[mode] = isolated(study_trials, ds, mode, args, precision)
+        for p in args.poolings:
+            for mode in modes:
+                walls[p][mode].append(res[mode]["wall_s"][p])
+            pairs = zip(res["sequential"]["weights"][p], res["batched"]["weights"][p])
+            apart[p] = max(apart[p], *((a[k] - b[k]).abs().max().item() for a, b in pairs for k in a))
+        print(
+            f"  repeat {r + 1}: "
+            + ", ".join(
+                f"{p} {res['sequential']['wall_s'][p]:.2f} / {res['batched']['wall_s'][p]:.2f} s" for p in walls
+            )
+            + " (one by one / together)",
+            flush=True,
+        )
+    rows = {p: {m: median(w[m]) for m in modes} | {"max_abs_weight_diff": apart[p]} for p, w in walls.items()}
+    for row in rows.values():
+        row["speedup"] = row["sequential"] / row["batched"]
+    return {"study": rows, "seeds": args.study_seeds, "repeats": {p: walls[p] for p in walls}}
+
+
+def study_markdown(results: dict, args, info: dict, precision: str) -> str:
+    rows = results["study"]
+    seq, bat = sum(r["sequential"] for r in rows.values()), sum(r["batched"] for r in rows.values())
+    k = len(results["seeds"])
+    table = md_table(
+        [
+            "pooling",
+            f"one by one ({k} x fit), s",
+            f"together (fit_seeds, {k} seeds), s",
+            "speed-up",
+            "max abs Δ weight",
+        ],
+        [
+            [p, r["sequential"], r["batched"], f"{r['speedup']:.2f}x", f"{r['max_abs_weight_diff']:.1e}"]
+            for p, r in rows.items()
+        ]
+        + [["all", seq, bat, f"{seq / bat:.2f}x", ""]],
+    )
+    gpu = "" if info["gpu"] is None else f", GPU {info['gpu']}"
+    header = (
+        f"Pooling study, {len(rows)} poolings x {k} seeds, {args.epochs} epochs (+{args.warmup} warm-up) on "
+        f"{args.n_train} train / {args.n_test} test images, {precision} on {args.device}; "
+        f"CPU: **{info['cpu_model']}**, {info['torch_threads']} threads{gpu}; "
+        f"median of {args.repeats} repeat(s), each way in a fresh process."
+    )
+    return "\n".join([header, "", table, "", f"Reproduce: `{command_line()}`"])
+
+
 def markdown(info, peak, args, precision, cmp, lev, trk, gpu) -> str:
     peak_txt = ", ".join(f"{k} {v:.0f} GFLOPS" for k, v in peak.items())
     lines = [
@@ -611,6 +705,13 @@ def parse_args(argv=None):
     p.add_argument("--tracking-server", default="on", choices=("on", "off"), help="measure the tracking overhead")
     p.add_argument("--tracking-epochs", type=int, default=100, help="epochs per tracking on/off run (default 100)")
     p.add_argument("--tracking-pooling", default="stride", choices=POOLINGS, help="cheapest model = worst case")
+    p.add_argument(
+        "--study",
+        action="store_true",
+        help="only the pooling study's trials: each pooling's seeds one by one (fit) vs together (fit_seeds)",
+    )
+    p.add_argument("--study-seeds", default="0,1,2", help="seeds per pooling for --study (default 0,1,2)")
+    p.add_argument("--device", default="cpu", help="--study's device, e.g. cuda (default cpu)")
     p.add_argument("--levers", action="store_true", help="also run the lever table (one lever at a time)")
     p.add_argument("--lever-poolings", default="stride,max", help="poolings for the lever table")
     p.add_argument("--eval-every-k", type=int, default=10, help="k of the eval-every-k lever")
@@ -634,6 +735,7 @@ def parse_args(argv=None):
         if bad or not values:
             p.error(f"--{key.replace('_', '-')}: expected a comma list of {','.join(POOLINGS)}, got {bad or values}")
         setattr(args, key, values)
+    args.study_seeds = [int(v) for v in args.study_seeds.split(",") if v.strip()]
     if args.epochs < 1 or args.warmup < 0 or args.repeats < 1 or args.tracking_epochs < 1:
         p.error("--epochs, --repeats and --tracking-epochs must be >= 1, --warmup >= 0")
     args.gpu_compile = None if args.gpu_compile in ("none", "") else args.gpu_compile
@@ -642,11 +744,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    info = machine_info()
-    print_machine(info)
-    precision = pick_precision(args.precision, torch.device("cpu"))
+    info, precision = start(args)
     why = "native" if cpu_has_native_bf16() else "no native bf16, never picked by auto"
     print(f"precision {args.precision} -> {precision} ({why})")
     if precision == "bf16" and not cpu_has_native_bf16():
@@ -655,6 +753,12 @@ def main(argv=None) -> dict:
     ds = load_data(args.data_dir)
     args.n_train, args.n_test = len(ds.x_train), len(ds.x_test)
     print(f"data: {ds.source} ({args.n_train} train / {args.n_test} test, classes {ds.class_ids})")
+    if args.study:
+        precision = pick_precision(args.precision, torch.device(args.device))
+        results = study_bench(ds, args, precision)
+        return write_results(
+            "bench_study", results, study_markdown(results, args, info, precision), args, info, precision
+        )
     data = tensors(ds)
 
     t0 = time.perf_counter()

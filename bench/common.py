@@ -32,7 +32,7 @@ from models import create_model, model_info  # noqa: E402
 from pipelines import trainer  # noqa: E402
 from pipelines.data import Dataset, load_dataset  # noqa: E402
 from pipelines.data.cifar100 import DEFAULT_CLASSES, write_synthetic  # noqa: E402
-from pipelines.device import cpu_has_native_bf16  # noqa: E402
+from pipelines.device import cpu_has_native_bf16, pick_precision  # noqa: E402
 from tracking.env import cpu_name  # noqa: E402
 
 RESULTS_DIR = ROOT / "bench" / "results"
@@ -286,6 +286,16 @@ def print_machine(info: dict) -> None:
     load = info.get("loadavg_1min")
     if load is not None and load > 0.5 * (info["cpu_count"] or 1):
         print(f"WARNING: load average {load:.1f} on {info['cpu_count']} CPUs: something else runs; timings are noisy")
+
+
+def start(args) -> tuple[dict, str]:
+    """A benchmark's first lines: ``--threads`` applied, the machine printed, ``--precision`` resolved for the CPU.
+    Returns (machine info, precision)."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    info = machine_info()
+    print_machine(info)
+    return info, pick_precision(args.precision, torch.device("cpu"))
 
 
 def peak_gemm_gflops(dtype: torch.dtype = torch.float32, n: int = 2048, repeats: int = 15) -> float:

@@ -231,6 +231,14 @@ PARAMS: tuple[Param, ...] = (
     ),
     Param("configs", TEXT, "", "Instead of the table's: 'model[:key=value,...];...' (name is then free).", ("study",)),
     Param("seeds", INT_LIST(0), "0,1,2", "One child run per configuration and seed.", ("study",)),
+    Param(
+        "batch_seeds",
+        BOOL(auto=True),
+        AUTO,
+        "Local executor: train a configuration's seeds together as one batched computation, each still its own "
+        "child run; auto = only on device types where that measured faster (none yet: slower on CPU).",
+        ("study",),
+    ),
     Param("scale", CHOICE(SCALES), "full", "full (the reference notebook's epochs) | quick (2 epochs).", ("study",)),
     Param("lr", LOG_RANGE(), "1e-4,1e-1", "Log-uniform range 'low,high' or one value.", ("sweep",)),
     Param("batch_sizes", INT_LIST(1), "32,64,128", "Choices of batch size.", ("sweep",)),

@@ -26,6 +26,7 @@ import os
 import re
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -53,7 +54,9 @@ from pipelines.trials import (
     TrialSpec,
     make_train_cfg,
     params_hash,
+    run_seeds,
     run_trial,
+    seeds_together,
 )
 from tracking import experiment_id_for, tracked_run
 from tracking.artifacts import log_json
@@ -401,14 +404,15 @@ def _experiments(plan: StudyPlan, experiment: str | None, within_run: str | None
     return experiment_id_for(experiment or f"study-{plan.name}"), ()
 
 
-def _run_trials(plan, ds, parent_id, exp_id, executor, ray_address, max_concurrent, reuse_from) -> list[TrialResult]:
+def _run_trials(
+    plan, ds, parent_id, exp_id, executor, ray_address, max_concurrent, reuse_from, together
+) -> list[TrialResult]:
     if executor == "ray":
         from pipelines.trials import run_trials_on_ray  # Ray only when asked for: a heavy import
 
         return run_trials_on_ray(plan.trials, parent_id, exp_id, ray_address, max_concurrent)
     results = []
-    for spec in plan.trials:
-        r = run_trial(spec, parent_id, exp_id, dataset=ds, progress=sys.stderr.isatty(), reuse_from=reuse_from)
+    for spec, r in _local_trials(plan, ds, parent_id, exp_id, reuse_from, together):
         results.append(r)
         click.echo(
             f"  {spec.run_name}: test_accuracy {r.metrics.get('test_accuracy', float('nan')):.4f}"
@@ -416,6 +420,18 @@ def _run_trials(plan, ds, parent_id, exp_id, executor, ray_address, max_concurre
             err=True,
         )
     return results
+
+
+def _local_trials(plan, ds, parent_id, exp_id, reuse_from, together) -> Iterator[tuple[TrialSpec, TrialResult]]:
+    """The trials in plan order, each as it ends; with ``together``, each configuration's seeds as one batch."""
+    progress = sys.stderr.isatty()
+    for label in dict.fromkeys(spec.label for spec in plan.trials):
+        specs = [spec for spec in plan.trials if spec.label == label]
+        if together:
+            yield from zip(specs, run_seeds(specs, parent_id, exp_id, ds, progress, reuse_from))
+            continue
+        for spec in specs:
+            yield spec, run_trial(spec, parent_id, exp_id, dataset=ds, progress=progress, reuse_from=reuse_from)
 
 
 def _note(summary, plan: StudyPlan, text: str, registered: dict, registered_model_name: str | None) -> str:
@@ -438,14 +454,20 @@ def run_study(
     max_concurrent: int | None = None,
     within_run: str | None = None,
     dataset: Dataset | None = None,
+    batch_seeds: str = AUTO,
 ) -> StudyResult:
     """Run (or continue) a study; returns its run id, the summary frame, champion info and the table text.
+
+    ``batch_seeds``: with the local executor, train each configuration's seeds together as one batched
+    computation (``pipelines.batched``; each seed still its own child run): ``true``, ``false``, or ``auto``
+    (where that measured faster: ``trials.SEEDS_TOGETHER_FASTER``). Models it cannot batch train one by one.
 
     With ``within_run`` (the active run, e.g. ``reproduce``) the study is a new child of it in the
     parent's experiment, and finished trials are also reused from the study's own experiment.
     ``dataset``: ``plan.data_cfg`` already loaded by the caller (else loaded here).
     """
     executor = param("executor", "study").parse(executor)
+    together = seeds_together(param("batch_seeds", "study").parse(batch_seeds), plan.trials[0].train_cfg.device)
     quiet_downloads()
     ds = dataset or load_data(plan.data_cfg)  # bad data fails here, before any run exists
     default_name = default_model_name(ds.name, plan.name, ds.class_ids, default_classes(ds.name))
@@ -467,10 +489,11 @@ def run_study(
                 "spec_hash": spec_hash,
                 "dataset": ds.name,
                 "executor": executor,
+                "seeds_together": str(together and executor == "local").lower(),
                 "data_fingerprint": ds.fingerprint()[:16],
             }
         )
-        results = _run_trials(plan, ds, parent_id, exp_id, executor, ray_address, max_concurrent, reuse_from)
+        results = _run_trials(plan, ds, parent_id, exp_id, executor, ray_address, max_concurrent, reuse_from, together)
         run_ids = [r.run_id for r in results]
         log_json({"run_ids": run_ids, "reused": [r.run_id for r in results if r.reused]}, TRIALS_ARTIFACT)
         records = [get_run_record(i) for i in run_ids]

@@ -20,19 +20,32 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipelines.data import Dataset
 from pipelines.device import pick_device, pick_precision
 from pipelines.runner import place, training_run
-from pipelines.trained import SUMMARY, build_model, checkpoint_dir, fit_tensors, load_data, training_params
+from pipelines.trained import (
+    CHECKPOINT,
+    SUMMARY,
+    build_model,
+    checkpoint_dir,
+    fit_tensors,
+    load_data,
+    training_params,
+)
+from tracking.artifacts import log_file
+from tracking.metrics import MetricLogger
 from tracking.offline import load_pending
 from tracking.queries import RunRecord, end_run_as, find_runs, get_run_record, metric_history
 from tracking.runs import active_run_id, log_metrics, log_params, set_tags, tracking_uri, use_tracking_uri
 
 if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
     from pipelines.config import DataConfig, TrainConfig
 
 VAL_METRIC = "val_acc"  # what schedulers stop trials on: measured on the holdout, never the test set
@@ -174,8 +187,6 @@ def run_trial(
     Works in-process under the active parent run and in a Ray worker (no active run: the parent
     is set by tag, the experiment by id).
     """
-    from pipelines import evaluate  # the trial's evaluation is the `evaluate` step, as a grandchild run
-
     t0 = time.perf_counter()
     ds = dataset or load_data(spec.data_cfg)
     cfg = spec.train_cfg
@@ -200,8 +211,7 @@ def run_trial(
     ) as session:
         rid = session.run_id
         if session.is_new:  # library versions, CPU/GPU and git commit: tracked_run logs them on every new run
-            params = training_params(spec.data_cfg, cfg, ds, device, precision, model, len(data["x_train"]))
-            log_params({**params, "config": spec.label, "val_fraction": fraction})
+            _log_trial_params(spec, ds, device, precision, model, len(data["x_train"]))
         try:
             state = session.fit(
                 model,
@@ -215,14 +225,152 @@ def run_trial(
             set_tags({"early_stopped": "true", "stopped_at_epoch": p.epoch})
             log_metrics({"epochs_done": p.epoch})
             return TrialResult(rid, spec.label, cfg.seed, False, True, p.epoch, {}, time.perf_counter() - t0)
-        session.log_trained(model, model_config, state)
-        metrics = evaluate.run(rid, dataset=ds, model=model, history=state.history, nested=True).metrics
-        summary = {k: v for k, v in metrics.items() if k in SUMMARY}
-        log_metrics(summary)
-        if fraction:
-            summary[VAL_METRIC] = state.history[-1].get(VAL_METRIC, float("nan"))
-            log_metrics({f"final_{VAL_METRIC}": summary[VAL_METRIC]})
-    return TrialResult(rid, spec.label, cfg.seed, False, False, state.epoch, summary, time.perf_counter() - t0)
+        return _finish_trial(session, spec, ds, model, model_config, state, t0)
+
+
+def _log_trial_params(spec: TrialSpec, ds: Dataset, device, precision: str, model, n_train: int) -> None:
+    """Into the trial's new run (the active one): what it trains, as ``train`` logs it, plus config and holdout."""
+    params = training_params(spec.data_cfg, spec.train_cfg, ds, device, precision, model, n_train)
+    log_params({**params, "config": spec.label, "val_fraction": _val_fraction(spec)})
+
+
+def _finish_trial(session, spec: TrialSpec, ds: Dataset, model, model_config: dict, state, t0: float) -> TrialResult:
+    """In the trial's run (the active one), after training: weights and history, the ``evaluate`` step as a
+    grandchild run, the summary metrics; ``t0``: when the trial started (``perf_counter``)."""
+    from pipelines import evaluate  # the trial's evaluation is the `evaluate` step, as a grandchild run
+
+    session.log_trained(model, model_config, state)
+    metrics = evaluate.run(session.run_id, dataset=ds, model=model, history=state.history, nested=True).metrics
+    summary = {k: v for k, v in metrics.items() if k in SUMMARY}
+    log_metrics(summary)
+    if _val_fraction(spec):
+        summary[VAL_METRIC] = state.history[-1].get(VAL_METRIC, float("nan"))
+        log_metrics({f"final_{VAL_METRIC}": summary[VAL_METRIC]})
+    seed = spec.train_cfg.seed
+    return TrialResult(session.run_id, spec.label, seed, False, False, state.epoch, summary, time.perf_counter() - t0)
+
+
+# A configuration's seeds trained together (local executor).
+
+# Device types where a configuration's seeds trained together measured faster than one by one
+# (bench/README.md, "Seeds together"): there ``batch_seeds=auto`` trains them together. None so far:
+# on the CPU the batched step was slower, and no GPU has been measured.
+SEEDS_TOGETHER_FASTER: frozenset[str] = frozenset()
+
+
+def seeds_together(batch_seeds: bool | None, device: str) -> bool:
+    """Whether a study's seeds train together: as set, or (``None`` = auto) on a device type where that is faster."""
+    return pick_device(device).type in SEEDS_TOGETHER_FASTER if batch_seeds is None else batch_seeds
+
+
+def run_seeds(
+    specs: list[TrialSpec],
+    parent_id: str,
+    experiment_id: str,
+    dataset: Dataset,
+    progress: bool = True,
+    reuse_from: tuple[str, ...] = (),
+) -> list[TrialResult]:
+    """One configuration's trials (its seeds), in the order of ``specs``: finished identical children are
+    reused, the others train together (one ``fit_seeds``) where they can, else one by one (``run_trial``)."""
+    finished = [_finished([experiment_id, *reuse_from], params_hash(s, dataset)) for s in specs]
+    todo = [s for s, done in zip(specs, finished) if done is None]
+    batch = _prepare_seed_batch(todo, dataset, experiment_id)
+    if batch is None:
+        return [
+            run_trial(s, parent_id, experiment_id, dataset, progress=progress, reuse_from=reuse_from) for s in specs
+        ]
+    trained = iter(_run_seed_batch(batch, dataset, parent_id, experiment_id, progress))
+    return [next(trained) if done is None else _reused(done, s, None) for s, done in zip(specs, finished)]
+
+
+@dataclass
+class _SeedBatch:
+    """The seeds of one configuration, built and placed for ``pipelines.batched.fit_seeds``; nothing tracked yet."""
+
+    specs: list[TrialSpec]
+    models: list[nn.Module]  # one per seed, its initial weights from its seed
+    model_configs: list[dict]
+    device: torch.device
+    precision: str
+
+
+def _prepare_seed_batch(specs: list[TrialSpec], ds: Dataset, experiment_id: str) -> _SeedBatch | None:
+    """``specs`` ready to train together, or None when they train one by one: fewer than two, a validation
+    holdout (it is split by each seed), settings that differ in more than the seed, an interrupted run to
+    resume (``fit`` continues its checkpoint), or a model ``fit_seeds`` refuses."""
+    from pipelines.batched import can_batch
+
+    if len(specs) < 2 or any(_val_fraction(s) for s in specs):
+        return None
+    if len({repr(replace(s.train_cfg, seed=0)) for s in specs}) > 1:
+        return None
+    if any(_resumable(experiment_id, params_hash(s, ds)) for s in specs):
+        return None
+    cfg = specs[0].train_cfg
+    device = pick_device(cfg.device)
+    precision = pick_precision(cfg.precision, device)
+    built = [build_model(s.train_cfg, ds) for s in specs]
+    if not can_batch(built[0][0], precision):
+        return None
+    return _SeedBatch(specs, [place(m, device) for m, _ in built], [c for _, c in built], device, precision)
+
+
+def _run_seed_batch(
+    batch: _SeedBatch, ds: Dataset, parent_id: str, experiment_id: str, progress: bool = True
+) -> list[TrialResult]:
+    """``run_trial`` for every seed of ``batch``, trained by one ``fit_seeds``; results in the order of its specs.
+
+    The child runs open first, each with ``run_trial``'s tags and params; each seed's epochs go to its own
+    run (and its local metric file), its checkpoint to its own run; then each run gets its weights, the
+    ``evaluate`` grandchild and the summary as ``run_trial`` logs them. A crash in training ends every child
+    FAILED. MLflow keeps one active run per thread, nesting each new run under the one active: the runs are
+    opened one inside the other (each then told its real parent by tag) and finished from the innermost out.
+    """
+    from pipelines.batched import fit_seeds
+
+    t0 = time.perf_counter()
+    cfg = batch.specs[0].train_cfg
+    data = fit_tensors(ds, 0.0, cfg.seed, batch.device)  # no holdout: the same tensors for every seed
+    nested = _in_parent(parent_id)
+    with contextlib.ExitStack() as all_runs:
+        runs = [all_runs.enter_context(contextlib.ExitStack()) for _ in batch.specs]
+        sessions = []
+        for k, (spec, run, model) in enumerate(zip(batch.specs, runs, batch.models)):
+            tags = _trial_tags(spec, ds, params_hash(spec, ds), parent_id)
+            system = spec.train_cfg.system_metrics
+            sessions.append(
+                run.enter_context(
+                    training_run(spec.run_name, experiment_id, nested=nested or k > 0, tags=tags, system_metrics=system)
+                )
+            )
+            set_tags({"mlflow.parentRunId": parent_id})  # MLflow made it a child of the run active before it
+            _log_trial_params(spec, ds, batch.device, batch.precision, model, len(data["x_train"]))
+        loggers = [MetricLogger(s.run_id, local_path=s.local_metrics) for s in sessions]
+        try:
+            states = fit_seeds(
+                batch.models,
+                **data,
+                recipe=cfg.recipe(),
+                seeds=[s.train_cfg.seed for s in batch.specs],
+                precision=batch.precision,
+                eval_every=cfg.eval_every,
+                checkpoint_every=cfg.checkpoint_every,
+                checkpoint_paths=[s.checkpoint for s in sessions],
+                on_epoch=lambda k, epoch, metrics: loggers[k].log(metrics, epoch),
+                progress=progress,
+            )
+        finally:
+            for session, logger in zip(sessions, loggers):
+                logger.flush(force=True)
+                if session.checkpoint.exists():
+                    log_file(session.checkpoint, Path(CHECKPOINT).parent.as_posix(), run_id=session.run_id)
+        results = []
+        for k in reversed(range(len(sessions))):  # the innermost run is the active one
+            spec, model, config = batch.specs[k], batch.models[k], batch.model_configs[k]
+            results.append(_finish_trial(sessions[k], spec, ds, model, config, states[k], t0))
+            runs[k].close()  # ends it FINISHED: the run opened before it is active again
+    return results[::-1]
 
 
 # ---- Ray: studies' and sweeps' trials as Ray Tune trials ----

@@ -26,6 +26,7 @@ def study(name, configs, seeds, scale, epochs, dataset, data_dir, classes, devic
         experiment=experiment or None,
         registered_model_name=kw["registered_model_name"],
         executor=kw["executor"],
+        batch_seeds=kw["batch_seeds"],
         ray_address=kw["ray_address"] or None,
         max_concurrent=param("max_concurrent", "study").parse(kw["max_concurrent"]),
     )
