@@ -408,7 +408,7 @@ def _run_trials(
     plan, ds, parent_id, exp_id, executor, ray_address, max_concurrent, reuse_from, together
 ) -> list[TrialResult]:
     if executor == "ray":
-        from pipelines.trials import run_trials_on_ray  # Ray only when asked for: a heavy import
+        from pipelines.ray_trials import run_trials_on_ray  # Ray only when asked for: a heavy import
 
         return run_trials_on_ray(plan.trials, parent_id, exp_id, ray_address, max_concurrent)
     results = []

@@ -44,11 +44,8 @@ from pipelines.trials import (
     VAL_METRIC,
     Pruned,
     TrialSpec,
-    close_leftovers,
     make_train_cfg,
     run_trial,
-    tune_on_ray,
-    worker_setup,
 )
 from tracking import experiment_id_for, tracked_run
 from tracking.artifacts import log_figure, log_json, log_table
@@ -229,6 +226,8 @@ def _sweep_local(plan: SweepPlan, parent_id: str, experiment_id: str) -> list[st
 def _sweep_trainable(config: dict, plan: SweepPlan, parent_id: str, experiment_id: str, uri: str, threads: int):
     from ray import tune
 
+    from pipelines.ray_trials import worker_setup
+
     worker_setup(uri, threads)
     trial = tune.get_context().get_trial_id()
     spec = point_spec(plan, config, trial)
@@ -258,6 +257,8 @@ def _sweep_ray(plan: SweepPlan, parent_id: str, experiment_id: str, ray_address,
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
+
+    from pipelines.ray_trials import close_leftovers, tune_on_ray
 
     space: dict = {"batch_size": tune.choice(list(plan.batch_sizes))}
     for key, (lo, hi) in (("lr", plan.lr), ("weight_decay", plan.weight_decay)):

@@ -232,8 +232,8 @@ def test_compare_by_experiment_and_by_run_ids(tracking, pooling_study):
 @pytest.mark.slow
 def test_study_on_ray_executor_and_rerun_reuses(tracking):
     """Children as Ray Tune trials (one Ray session for both runs): same table; the re-run trains nothing."""
+    from pipelines.ray_trials import ray_runtime
     from pipelines.study import plan_study, run_study
-    from pipelines.trials import ray_runtime
 
     configs = "pooling_cnn:pooling=stride;pooling_cnn:pooling=max"
     plan = plan_study("ray_pool", configs=configs, seeds="0", epochs="1", dataset="digits")

@@ -30,8 +30,8 @@ def test_bad_sweep_parameters_are_one_line_errors(kwargs, message):
 
 
 def test_plan_and_trial_points():
+    from pipelines.ray_trials import concurrency, cpu_count
     from pipelines.sweep import plan_sweep, point_spec
-    from pipelines.trials import concurrency, cpu_count
 
     plan = plan_sweep(epochs="3", lr="0.01", weight_decay="0", num_samples="2")
     assert plan.epochs == 3 and plan.base_cfg.eval_every == 1 and plan.lr == (0.01, 0.01)
