@@ -1,11 +1,11 @@
 """Per-epoch metrics: buffered and sent with ``log_batch`` every few seconds, with a local copy.
 
-One ``log_metric`` call per value is one HTTP round trip (mlflow issue 5269); here a
+One ``log_metric`` call per value is one HTTP round trip to the tracking server; here a
 500-epoch run makes ~10-20 requests. Every value is also appended to a local JSON-lines file
 first, so if the server dies mid-run nothing is lost and the run can be re-synced later.
 
-The periodic sends run on a background thread: the server's insert of ~750 values takes
-0.15-0.2 s (local sqlite server, measured), time the training loop would otherwise stand still.
+The periodic sends run on a background thread: the server's insert of a batch takes a noticeable
+fraction of a second (bench/README.md, tracking overhead), time the training loop would otherwise stand still.
 ``flush()`` is synchronous: it waits for a send in flight, then sends the rest.
 """
 
