@@ -54,6 +54,7 @@ from pipelines.trainer import (
     argmax,
     augment_batch,
     cross_entropy,
+    evaluate_epoch,
     make_optimizer,
     make_scheduler,
     save_checkpoint,
@@ -142,19 +143,6 @@ def _batches(
         if aug_gens is not None:
             xb = torch.stack([augment_batch(xb[s], gen) for s, gen in enumerate(aug_gens)])
         yield xb, yb
-
-
-def _validate_each(
-    models: Sequence[nn.Module], validate: ValidateFn, data: dict[str, torch.Tensor | None], bs: int, dtype
-) -> list[dict[str, float]]:
-    """``fit``'s evaluation of an epoch for each seed's model: the test set, then the validation split if any."""
-    out = []
-    for model in models:
-        metrics = validate(model, data["x_test"], data["y_test"], bs, dtype)
-        if data["x_val"] is not None:
-            metrics.update(validate(model, data["x_val"], data["y_val"], bs, dtype, prefix="val"))
-        out.append(metrics)
-    return out
 
 
 def _optimizer_slice(opt: torch.optim.Optimizer, k: int) -> dict:
@@ -248,8 +236,8 @@ def fit_seeds(
             per_seed = [_summary("train", s) for s in stats.cpu().numpy()]  # the one host sync of the epoch
             if (epoch + 1) % eval_every == 0 or epoch + 1 == epochs:
                 stacked.copy_to(models)
-                for metrics, evaluated in zip(per_seed, _validate_each(models, validate, held_out, bs, dtype)):
-                    metrics.update(evaluated)
+                for metrics, model in zip(per_seed, models):
+                    metrics.update(evaluate_epoch(model, validate, held_out, bs, dtype))
             seconds = (time.perf_counter() - t0) / k
             for s, (state, metrics) in enumerate(zip(states, per_seed)):
                 metrics["epoch_seconds"] = seconds

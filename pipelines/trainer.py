@@ -102,6 +102,20 @@ def validate_classifier(
     return _summary(prefix, batch_stats(model, x, y, batch_size, dtype).cpu().numpy())
 
 
+def evaluate_epoch(
+    model: nn.Module,
+    validate: ValidateFn,
+    held_out: dict[str, torch.Tensor | None],
+    batch_size: int,
+    dtype,
+) -> dict[str, float]:
+    """An evaluation epoch: ``test_*`` on ``held_out``'s test set, then ``val_*`` on its validation split if any."""
+    metrics = validate(model, held_out["x_test"], held_out["y_test"], batch_size, dtype)
+    if held_out["x_val"] is not None:
+        metrics.update(validate(model, held_out["x_val"], held_out["y_val"], batch_size, dtype, prefix="val"))
+    return metrics
+
+
 def _summary(prefix: str, stats: np.ndarray) -> dict[str, float]:
     """Mean and 25/75 percentiles over batches, the reference notebooks' learning-curve statistics."""
     p25, p75 = np.percentile(stats, [25, 75], axis=0)
@@ -238,6 +252,7 @@ def fit(
     if resume and checkpoint_path and checkpoint_path.exists():
         state = load_checkpoint(checkpoint_path, model, opt, sched, gen, aug_gen)
     constrain = getattr(model, "apply_constraints", None)  # e.g. Keras-style max-norm
+    held_out = {"x_test": x_test, "y_test": y_test, "x_val": x_val, "y_val": y_val}
     n, bs, epochs = len(x_train), recipe["batch_size"], recipe["epochs"]
     steps = math.ceil(n / bs)
     bar = tqdm(
@@ -276,9 +291,7 @@ def fit(
             metrics = _summary("train", stats.cpu().numpy())  # the one host sync of the epoch
             last = epoch + 1 == epochs
             if (epoch + 1) % eval_every == 0 or last:
-                metrics.update(validate(model, x_test, y_test, bs, dtype))
-                if x_val is not None:
-                    metrics.update(validate(model, x_val, y_val, bs, dtype, prefix="val"))
+                metrics.update(evaluate_epoch(model, validate, held_out, bs, dtype))
             metrics["epoch_seconds"] = time.perf_counter() - t0
             metrics["lr"] = opt.param_groups[0]["lr"]
             state.train_seconds += metrics["epoch_seconds"]
