@@ -110,6 +110,25 @@ def macs_per_image(model: nn.Module, x: torch.Tensor) -> int:
     return total
 
 
+BF16_TOLERANCE = 1e-3  # a bf16 grid is worth having only if no point moves more than this from fp32
+
+
+def bf16_check(model, x_test, y_test, axis, d1, d2, mode, fast_kw, z_fp32, fp32_seconds) -> dict:
+    """The same grid under ``torch.autocast(bfloat16)``: largest deviation from fp32 and the time ratio."""
+    t = time.perf_counter()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        z = loss_grid(model, x_test, y_test, axis, axis, d1, d2, mode, **fast_kw)
+    seconds = time.perf_counter() - t
+    diff = float(np.abs(z - z_fp32).max())
+    verdict = "within" if diff <= BF16_TOLERANCE else "outside"
+    print(
+        f"  bf16 grid: max|bf16 - fp32| {diff:.1e} ({verdict} {BF16_TOLERANCE:g}), "
+        f"{seconds:.1f} s vs fp32 {fp32_seconds:.1f} s (x{fp32_seconds / seconds:.2f})",
+        flush=True,
+    )
+    return {"bf16_max_abs_diff": diff, "bf16_grid_s": seconds, "bf16_speedup": fp32_seconds / seconds}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data-dir", help="folder with cifar-100-python/ (default: synthetic data in a temp dir)")
@@ -129,6 +148,11 @@ def main() -> None:
     )
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--progress", action="store_true", help="tqdm bar for the fast path")
+    ap.add_argument(
+        "--bf16-check",
+        action="store_true",
+        help="also compute the grid under bf16 autocast: max |bf16 - fp32| (kept only if <= 1e-3) and its speed",
+    )
     ap.add_argument("--json", help="also write the results to this file")
     args = ap.parse_args()
     if args.threads:
@@ -212,6 +236,8 @@ def main() -> None:
             "fast_gflops": gflops,
             "loss_center": float(z[axis.size // 2, axis.size // 2]),
         }
+        if args.bf16_check:
+            row.update(bf16_check(model, x_test, data.y_test, axis, d1, d2, args.mode, fast_kw, z, fast_total))
         results.append(row)
         reference_grid = row["reference_grid_s_extrapolated"]
         print(

@@ -302,9 +302,10 @@ def _prepare_seed_batch(specs: list[TrialSpec], ds: Dataset, experiment_id: str)
     cfg = specs[0].train_cfg
     device = pick_device(cfg.device)
     precision = pick_precision(cfg.precision, device)
-    built = [build_model(s.train_cfg, ds) for s in specs]
-    if not can_batch(built[0][0], precision):
+    first = build_model(specs[0].train_cfg, ds)
+    if not can_batch(first[0], precision):
         return None
+    built = [first] + [build_model(s.train_cfg, ds) for s in specs[1:]]
     return _SeedBatch(specs, [place(m, device) for m, _ in built], [c for _, c in built], device, precision)
 
 
