@@ -151,7 +151,7 @@ def main() -> None:
     ap.add_argument(
         "--bf16-check",
         action="store_true",
-        help="also compute the grid under bf16 autocast: max |bf16 - fp32| (kept only if <= 1e-3) and its speed",
+        help=f"also the grid under bf16 autocast: max |bf16 - fp32| (usable if <= {BF16_TOLERANCE:g}) and its speed",
     )
     ap.add_argument("--json", help="also write the results to this file")
     args = ap.parse_args()
